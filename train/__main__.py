@@ -1,0 +1,65 @@
+"""`python -m train --config NAME|PATH [section.key=value ...]`: the program every rank runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from train.config import ConfigError, accumulation_steps, load_config
+from train.distributed import close_world, init_world
+from train.loop import Trainer
+from train.metrics import log, setup_logging
+from train.signals import EXIT_REQUEUE
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument("--config", help="preset name in train/configs (digits, resnet-fake, gpt-tiny) or a TOML file")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="e.g. train.max_steps=50 optim.lr=3e-4 output_dir=runs/x")
+    return parser.parse_args(argv)
+
+
+@record
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(rank)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        accumulation_steps(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
+    except ConfigError as err:
+        # Every rank reads the same config and fails the same way; one of them says so.
+        if rank == 0:
+            print(f"train: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    world = init_world(cfg.train.device)
+    try:
+        if world.is_main:
+            output = Path(cfg.output_dir)
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "config.toml").write_text(cfg.to_toml())
+            log.info(f"config (also in {output / 'config.toml'}):\n{cfg.to_toml()}")
+        try:
+            trainer = Trainer(cfg, world)
+            trainer.fit()
+        except ConfigError as err:
+            if world.is_main:
+                print(f"train: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    finally:
+        close_world()
+    if trainer.stopped_by is not None:
+        log.info(f"exiting {EXIT_REQUEUE} (requeue me): stopped by {trainer.stopped_by} with the checkpoint committed")
+        return EXIT_REQUEUE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

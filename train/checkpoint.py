@@ -1,0 +1,264 @@
+"""Sharded checkpoints with torch.distributed.checkpoint: save (sync or async), commit, find, load, reshard.
+
+One ``dcp.save`` per checkpoint writes every rank's shard of the model and optimizer plus the
+small state (scheduler, scaler, train state, data position, each rank's RNG). Rank 0 then commits
+it (see checkpoint_store) and prunes old ones off the training path. Loading goes through DCP's
+global metadata, so a checkpoint saved on W ranks loads on any M, and FSDP, DDP and single-process
+runs read each other's checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import signal
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
+
+from train.checkpoint_store import CheckpointStore
+from train.config import Config, ConfigError
+from train.data import DataPosition, GlobalBatchSampler
+from train.distributed import World
+from train.metrics import log
+from train.rng import capture_rng, restore_rng, rng_key
+
+# A world of one saves and loads with no process group on purpose; DCP warns about that on every call.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized",
+                        category=UserWarning)
+
+# Test hook: on a job's first attempt, rank 0 SIGKILLs itself when this step's data and .metadata are
+# written but its commit is not: the one moment a checkpoint looks whole to DCP yet must not load.
+KILL_BEFORE_COMMIT_ENV = "GANGRUN_TEST_KILL_BEFORE_COMMIT"
+
+
+@dataclass
+class TrainingParts:
+    """Everything a checkpoint saves and restores, as the Trainer holds it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    state: Any  # loop.TrainState: a dataclass of ints
+    sampler: GlobalBatchSampler
+
+
+def _version() -> str:
+    try:
+        return metadata.version("gangrun")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's value on every rank."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Checkpointer:
+    """Saves into ``cfg.checkpoint_dir`` and finds what to resume from, for one Trainer."""
+
+    def __init__(self, cfg: Config, world: World) -> None:
+        self.cfg, self.world = cfg.checkpoint, world
+        self.store = CheckpointStore(cfg.checkpoint_dir)
+        self.config_toml = cfg.to_toml()
+        # The step whose checkpoint is already committed in this store (saved or resumed from).
+        self.saved_step: int | None = None
+        self._pending: Future | None = None
+        self._staging: Future | None = None
+        self._async_pool: ThreadPoolExecutor | None = None
+        self._async_group: dist.ProcessGroup | None = None
+        self._stager: DefaultStager | None = None
+        if self.cfg.async_save:
+            self._async_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-commit")
+            # One stager for the whole run: it keeps its CPU copies between saves instead of
+            # allocating the whole state again each time. On GPU it copies on a stream of its own
+            # while the next step computes; on CPU that copy would only fight the step for the
+            # same cores (measured slower in bench_checkpoint), so it copies before returning.
+            cuda = world.device.type == "cuda"
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                        use_async_staging=cuda, use_non_blocking_copy=cuda))
+            if dist.is_initialized():
+                # Background saves need a CPU backend ("A CPU backend must be enabled for async save"
+                # on an nccl-only group), and a group of their own so their collectives never
+                # interleave with the training loop's.
+                self._async_group = dist.new_group(backend="gloo")
+        self._prune_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-prune") if world.is_main else None
+
+    # -- finding -------------------------------------------------------------------------------
+
+    def find_resume(self) -> str | None:
+        """The step folder to resume from (decided on rank 0, broadcast), or None to start fresh."""
+        found: tuple[str | None, str | None] = (None, None)
+        if self.world.is_main and self.cfg.resume != "never":
+            found = self._find_on_rank0()
+        path, error = _broadcast(found)
+        if error:
+            raise ConfigError("checkpoint.resume", error, "point it at a committed step-<N> folder, or use auto")
+        return path
+
+    def _find_on_rank0(self) -> tuple[str | None, str | None]:
+        if self.cfg.resume != "auto":
+            explicit = CheckpointStore(self.cfg.resume)
+            if not explicit.is_committed(explicit.root):
+                return None, f"'{self.cfg.resume}' is not a committed checkpoint (no .metadata and commit.json)"
+            return self.cfg.resume, None
+        listing = self.store.list_steps()
+        newest = listing.committed[0] if listing.committed else -1
+        for step in listing.incomplete:
+            if step > newest:
+                log.warning(f"checkpoint: skipping incomplete {self.store.display(self.store.path(step))} "
+                            "(a save that did not finish)")
+        if newest < 0:
+            return None, None
+        return self.store.display(self.store.path(newest)), None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _state_dict(self, parts: TrainingParts, with_rng: bool, keys: list[str] | None = None) -> dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(parts.model, parts.optimizer)
+        position = parts.sampler.position(parts.state.epoch, parts.state.epoch_samples)
+        sd: dict[str, Any] = {
+            "model": model_sd,
+            "optimizer": optim_sd,
+            "scheduler": {"last_epoch": parts.scheduler.last_epoch},
+            "train": dataclasses.asdict(parts.state),
+            "data": dataclasses.asdict(position),
+        }
+        if parts.scaler is not None and (keys is None or "scaler" in keys):
+            sd["scaler"] = parts.scaler.state_dict()
+        if with_rng:
+            sd[rng_key(self.world.rank)] = capture_rng(self.world.device)
+        return sd
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self, path: str, parts: TrainingParts) -> None:
+        """Restore ``parts`` from a committed checkpoint saved at any world size."""
+        store = CheckpointStore(path)
+        manifest = _broadcast(store.read_manifest(store.root) if self.world.is_main else None)
+        saved_world = manifest["world_size"]
+        same_world = saved_world == self.world.world_size
+        sd = self._state_dict(parts, with_rng=same_world, keys=manifest["contents"])
+        dcp.load(sd, storage_reader=store.reader(store.root), no_dist=not dist.is_initialized())
+        set_state_dict(parts.model, parts.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+        parts.scheduler.load_state_dict({**parts.scheduler.state_dict(), **_scheduler_state(sd["scheduler"])})
+        if parts.scaler is not None and "scaler" in sd:
+            parts.scaler.load_state_dict(sd["scaler"])
+        position = DataPosition(**{k: int(v) for k, v in sd["data"].items()})
+        parts.sampler.check_resumable(position)
+        for key, value in sd["train"].items():
+            setattr(parts.state, key, int(value))
+        parts.sampler.start = position.consumed
+        if same_world:
+            restore_rng(sd[rng_key(self.world.rank)], self.world.device)
+        elif self.world.is_main:
+            log.warning(f"checkpoint: saved on {saved_world} ranks, resuming on {self.world.world_size}: "
+                        "data position and weights carry over; RNG streams start afresh")
+        if store.root == self.store.path(parts.state.step):
+            self.saved_step = parts.state.step
+        log.info(f"checkpoint: resumed from {path} (step {parts.state.step}, epoch {parts.state.epoch}, "
+                 f"saved on {saved_world} ranks)")
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def save(self, parts: TrainingParts, final: bool = False) -> None:
+        """Checkpoint the current step; async when configured, except the final save."""
+        step = parts.state.step
+        path = self.store.path(step)
+        self.wait()
+        sd = self._state_dict(parts, with_rng=True)
+        writer = self.store.writer(path)
+        if self._async_pool is None or final:
+            dcp.save(sd, storage_writer=writer, no_dist=not dist.is_initialized())
+            self._commit(step, path, sorted(sd))
+            return
+        response = dcp.async_save(sd, storage_writer=writer, process_group=self._async_group,
+                                  async_stager=self._stager, no_dist=not dist.is_initialized())
+        if isinstance(response, AsyncSaveResponse):
+            # Copying out overlaps the next forward and backward; see wait_for_staging.
+            self._staging = response.staging_completion
+            response = response.upload_completion
+        self._pending = self._async_pool.submit(self._finish_async, response, step, path, sorted(sd))
+
+    def wait_for_staging(self) -> None:
+        """Block until an async save has copied the state: call before the optimizer changes it."""
+        if self._staging is not None:
+            staging, self._staging = self._staging, None
+            staging.result()
+
+    def _finish_async(self, upload: Future, step: int, path: str, contents: list[str]) -> None:
+        upload.result()
+        self._commit(step, path, contents)
+
+    def _commit(self, step: int, path: str, contents: list[str]) -> None:
+        self.saved_step = step
+        if not self.world.is_main:
+            return
+        if (os.environ.get(KILL_BEFORE_COMMIT_ENV) == str(step)
+                and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        manifest = {
+            "step": step,
+            "world_size": self.world.world_size,
+            "contents": [k for k in contents if not k.startswith("rng_rank")],
+            "torch": torch.__version__,
+            "gangrun": _version(),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config_toml,
+        }
+        self.store.commit(path, manifest)
+        log.info(f"checkpoint: committed {self.store.display(path)}")
+        if self._prune_pool is not None:
+            self._prune_pool.submit(self._prune, step)
+
+    def _prune(self, newest: int) -> None:
+        try:
+            removed = self.store.prune(self.cfg.keep, newest)
+        except OSError as err:
+            log.warning(f"checkpoint: could not delete old checkpoints in {self.store.url}: {err}")
+            return
+        if removed:
+            log.info(f"checkpoint: deleted steps {', '.join(map(str, removed))} (keep {self.cfg.keep})")
+
+    def wait(self) -> None:
+        """Block until the save in flight, if any, is committed; re-raise its failure."""
+        self.wait_for_staging()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the save in flight and the pruning, then stop the background threads."""
+        try:
+            self.wait()
+        finally:
+            for pool in (self._async_pool, self._prune_pool):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            if self._stager is not None:
+                self._stager.close()
+            if self._async_group is not None:
+                dist.destroy_process_group(self._async_group)
+                self._async_group = None
+
+
+def _scheduler_state(saved: dict[str, Any]) -> dict[str, Any]:
+    # Only the position is saved: the schedule itself is a function rebuilt from the config.
+    return {"last_epoch": int(saved["last_epoch"]), "_step_count": int(saved["last_epoch"]) + 1}

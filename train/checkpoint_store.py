@@ -1,0 +1,126 @@
+"""Where checkpoints live: step folders under any fsspec URL, the commit manifest, listing and pruning.
+
+A checkpoint is the folder ``step-<N:08d>/`` that DCP writes (data files, then ``.metadata`` last)
+plus ``commit.json``, which rank 0 writes only after every rank's data and the metadata are
+stored. A folder without both is incomplete — a save that was killed — and is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter, StorageReader, StorageWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+MANIFEST = "commit.json"
+METADATA = ".metadata"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Step folders found under the checkpoint directory, newest first."""
+
+    committed: list[int]
+    incomplete: list[int]
+
+
+class CheckpointStore:
+    """One checkpoint directory, local or remote. Local paths get real files and fsync.
+
+    URLs are parsed here because ``FileSystemWriter("file:///x")`` writes into a folder literally
+    named ``file:``; remote URLs go through fsspec with ``sync_files=False`` since fsync on a
+    non-local stream fails (pytorch#142396, pytorch#144752).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root = root.rstrip("/")
+
+    def path(self, step: int) -> str:
+        return f"{self.root}/{step_dir_name(step)}"
+
+    def display(self, path: str) -> str:
+        """A path as the user would write it: a URL for remote stores."""
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def writer(self, path: str) -> StorageWriter:
+        if self.local:
+            return FileSystemWriter(path, sync_files=True)
+        return FsspecWriter(self.fs.unstrip_protocol(path), sync_files=False)
+
+    def reader(self, path: str) -> StorageReader:
+        return FileSystemReader(path) if self.local else FsspecReader(self.fs.unstrip_protocol(path))
+
+    def is_committed(self, path: str) -> bool:
+        return self.fs.exists(f"{path}/{METADATA}") and self.fs.exists(f"{path}/{MANIFEST}")
+
+    def read_manifest(self, path: str) -> dict:
+        with self.fs.open(f"{path}/{MANIFEST}", "r") as f:
+            return json.load(f)
+
+    def list_steps(self) -> Listing:
+        # s3fs caches listings; a store that just wrote must see its own new folders.
+        self.fs.invalidate_cache(self.root)
+        if not self.fs.exists(self.root):
+            return Listing([], [])
+        steps = []
+        for entry in self.fs.ls(self.root, detail=False):
+            match = _STEP_DIR.match(entry.rstrip("/").rsplit("/", 1)[-1])
+            if match:
+                steps.append(int(match.group(1)))
+        committed, incomplete = [], []
+        for step in sorted(steps, reverse=True):
+            (committed if self.is_committed(self.path(step)) else incomplete).append(step)
+        return Listing(committed, incomplete)
+
+    def commit(self, path: str, manifest: dict) -> None:
+        """Write the manifest atomically: the checkpoint exists from this moment on, whole."""
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        target = f"{path}/{MANIFEST}"
+        if not self.local:
+            # One PUT: an object store never shows a partly written object.
+            self.fs.pipe_file(target, data)
+            return
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{MANIFEST}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                # mkstemp makes the file private; a manifest is as readable as the data beside it.
+                os.fchmod(f.fileno(), 0o644)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        dir_fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def prune(self, keep: int, newest: int) -> list[int]:
+        """Delete committed folders beyond the newest ``keep`` and incomplete ones older than ``newest``.
+
+        Incomplete folders newer than the newest commit are left alone: a save may be writing them.
+        """
+        listing = self.list_steps()
+        doomed = [s for s in listing.incomplete if s < newest]
+        if keep > 0:
+            doomed += listing.committed[keep:]
+        for step in doomed:
+            self.fs.rm(self.path(step), recursive=True)
+        return sorted(doomed)

@@ -1,0 +1,231 @@
+"""Datasets we train on, and the samplers that split whole global batches across ranks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+
+from train.config import Config, ConfigError
+
+
+@dataclass
+class DataBundle:
+    """Train and eval sets plus what a model needs to know about their inputs and labels."""
+
+    train: Dataset
+    eval: Dataset
+    in_channels: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the data stream stands, independent of the world size: what a checkpoint stores.
+
+    ``consumed`` counts the global samples taken from epoch ``epoch``'s order; any world size that
+    divides the global batch can continue from it by re-striping the rest of that order.
+    """
+
+    epoch: int
+    consumed: int
+    seed: int
+    dataset_len: int
+    global_batch: int
+
+
+class IndexedDataset(Dataset):
+    """Yields ``(*sample, index)`` so the loop can record which samples it trained on."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.dataset[index], index)
+
+
+class GlobalBatchSampler(DistributedSampler):
+    """A DistributedSampler that deals out whole global batches and can start mid-epoch.
+
+    Each epoch is the same permutation DistributedSampler draws (seed + epoch), cut to a whole
+    number of global batches so every optimizer step sees exactly ``global_batch`` samples.
+    Rank r takes every W-th index, so the union over ranks of a step's samples — and hence the
+    averaged gradient — is the same at any world size. ``start`` is the global position in the
+    epoch (a multiple of the global batch), which is what a resume restores.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, global_batch: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.global_batch = global_batch
+        self.start = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.dataset) // self.global_batch
+
+    def epoch_order(self) -> list[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        return order[: self.steps_per_epoch * self.global_batch]
+
+    def __iter__(self):
+        return iter(self.epoch_order()[self.start + self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch * self.global_batch - self.start) // self.num_replicas
+
+    def position(self, epoch: int, consumed: int) -> DataPosition:
+        return DataPosition(epoch, consumed, self.seed, len(self.dataset), self.global_batch)
+
+    def check_resumable(self, saved: DataPosition) -> None:
+        """A saved position only means the same samples with the same data, seed and global batch."""
+        for key, name, now, then in (("data", "dataset length", len(self.dataset), saved.dataset_len),
+                                     ("seed", "seed", self.seed, saved.seed),
+                                     ("train.global_batch_size", "global batch", self.global_batch,
+                                      saved.global_batch)):
+            if now != then:
+                raise ConfigError(key, f"{name} is {now} but the checkpoint was saved with {then}",
+                                  "resume with the checkpoint's settings or set checkpoint.resume=never")
+
+
+class EvalShardSampler(Sampler[int]):
+    """Rank r evaluates samples r, r+W, …: no padding, so summed metrics count each sample once."""
+
+    def __init__(self, length: int, num_replicas: int, rank: int) -> None:
+        self.indices = range(rank, length, num_replicas)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _digits() -> DataBundle:
+    # scikit-learn ships the 1,797 8x8 handwritten digits: real data with no download.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = (images - 0.3) / 0.4
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    order = torch.tensor(np.random.RandomState(0).permutation(len(labels)))
+    cut = int(0.8 * len(labels))
+    train, held_out = order[:cut], order[cut:]
+    return DataBundle(TensorDataset(images[train], labels[train]), TensorDataset(images[held_out], labels[held_out]),
+                      in_channels=1, num_classes=10)
+
+
+def _image_transform(size: int, channels: int):
+    from torchvision import transforms
+
+    mean, std = [0.5] * channels, [0.25] * channels
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])
+
+
+def _torchvision(cfg: Config) -> DataBundle:
+    from torchvision import datasets, transforms
+
+    d = cfg.data
+    if d.dataset == "fake":
+        tf = transforms.Compose([transforms.ToTensor()])
+        size = (3, d.image_size, d.image_size)
+        classes = cfg.model.num_classes
+        return DataBundle(
+            datasets.FakeData(d.fake_train_size, size, classes, transform=tf, random_offset=0),
+            datasets.FakeData(d.fake_eval_size, size, classes, transform=tf, random_offset=d.fake_train_size),
+            in_channels=3, num_classes=classes)
+    root = Path(d.root)
+    if not root.exists():
+        raise ConfigError("data.root", f"'{d.root}' does not exist", f"point it at your {d.dataset} files")
+    try:
+        if d.dataset == "mnist":
+            tf = _image_transform(28, 1)
+            return DataBundle(datasets.MNIST(str(root), train=True, download=False, transform=tf),
+                              datasets.MNIST(str(root), train=False, download=False, transform=tf), 1, 10)
+        if d.dataset == "cifar10":
+            tf = _image_transform(32, 3)
+            return DataBundle(datasets.CIFAR10(str(root), train=True, download=False, transform=tf),
+                              datasets.CIFAR10(str(root), train=False, download=False, transform=tf), 3, 10)
+        tf = _image_transform(d.image_size, 3)
+        train = datasets.ImageFolder(str(root / "train"), transform=tf)
+        return DataBundle(train, datasets.ImageFolder(str(root / "val"), transform=tf), 3, len(train.classes))
+    except (RuntimeError, FileNotFoundError) as err:
+        raise ConfigError("data.root", f"{d.dataset} files not found under '{d.root}' ({err})",
+                          "point it at the dataset's folder") from None
+
+
+class ArithmeticTokens(Dataset):
+    """Synthetic sequences ``start + i*step (mod vocab)``: learnable, deterministic, no files."""
+
+    def __init__(self, length: int, seq_len: int, vocab: int, offset: int = 0) -> None:
+        self.length, self.seq_len, self.vocab, self.offset = length, seq_len, vocab, offset
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.offset + index)
+        start, step = torch.randint(0, self.vocab, (2,), generator=gen).tolist()
+        seq = (start + torch.arange(self.seq_len + 1) * (step % 7 + 1)) % self.vocab
+        return seq[:-1], seq[1:]
+
+
+class ByteChunks(Dataset):
+    """Byte-level tokens of a text file in non-overlapping windows of ``seq_len + 1``."""
+
+    def __init__(self, data: torch.Tensor, seq_len: int) -> None:
+        self.data, self.seq_len = data, seq_len
+
+    def __len__(self) -> int:
+        return max(0, (len(self.data) - 1) // self.seq_len)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = self.data[index * self.seq_len : (index + 1) * self.seq_len + 1].long()
+        return chunk[:-1], chunk[1:]
+
+
+def _tokens(cfg: Config) -> DataBundle:
+    m, d = cfg.model, cfg.data
+    if d.dataset == "tokens":
+        return DataBundle(ArithmeticTokens(d.fake_train_size, m.seq_len, m.vocab_size),
+                          ArithmeticTokens(d.fake_eval_size, m.seq_len, m.vocab_size, offset=d.fake_train_size),
+                          in_channels=0, num_classes=m.vocab_size)
+    path = Path(d.root)
+    if not path.is_file():
+        raise ConfigError("data.root", f"'{d.root}' is not a text file", "point it at a UTF-8 or byte file")
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    cut = int(0.9 * len(data))
+    return DataBundle(ByteChunks(data[:cut], m.seq_len), ByteChunks(data[cut:], m.seq_len), 0, 256)
+
+
+def build_data(cfg: Config) -> DataBundle:
+    if cfg.data.dataset == "digits":
+        return _digits()
+    if cfg.data.dataset in ("tokens", "bytes"):
+        return _tokens(cfg)
+    return _torchvision(cfg)
+
+
+def train_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) -> DataLoader:
+    sampler = GlobalBatchSampler(bundle.train, world_size, rank, cfg.train.global_batch_size, cfg.seed)
+    if sampler.steps_per_epoch == 0:
+        raise ConfigError("train.global_batch_size", f"{cfg.train.global_batch_size} exceeds the "
+                          f"{len(bundle.train)} training samples", "use a smaller global batch")
+    return DataLoader(IndexedDataset(bundle.train), batch_size=cfg.train.micro_batch_size, sampler=sampler,
+                      num_workers=cfg.data.num_workers)
+
+
+def eval_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) -> DataLoader:
+    return DataLoader(bundle.eval, batch_size=cfg.train.micro_batch_size,
+                      sampler=EvalShardSampler(len(bundle.eval), world_size, rank),
+                      num_workers=cfg.data.num_workers)

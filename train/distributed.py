@@ -1,0 +1,91 @@
+"""Process group from the torchrun environment (or a world of one), device choice, rank helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands: its ranks, the world size and its device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    """``auto`` takes this rank's GPU when CUDA works, else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def backend_for(device: torch.device) -> str:
+    # NCCL for GPU tensors; gloo is the one CPU backend every build has.
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def restart_isolated_store(world_size: int, timeout: timedelta) -> dist.Store | None:
+    """On one node under torchrun, the agent's store with a prefix per restart; else None (the default).
+
+    torchrun (2.14, static and c10d rendezvous alike) hands every restarted worker group the same
+    agent store, where the previous attempt's gloo addresses still sit: a restarted rank can read its
+    dead peer's address and fail with "connectFullMesh ... Connection refused", or hang for the
+    process-group timeout if that port was taken since (pytorch#135712). All workers on one node
+    share TORCHELASTIC_RESTART_COUNT, so it names the attempt safely; across nodes the counts can
+    differ (the same issue), so multi-node jobs keep torch's behaviour.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or os.environ.get("GROUP_WORLD_SIZE") != "1":
+        return None
+    agent_store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"gangrun/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store)
+
+
+def init_world(device_choice: str) -> World:
+    """Join the process group torchrun describes; with no torchrun variables, a world of one."""
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if "RANK" in os.environ and not dist.is_initialized():
+        device_id = device if device.type == "cuda" else None
+        store = restart_isolated_store(world_size, default_pg_timeout)
+        if store is None:
+            dist.init_process_group(backend_for(device), device_id=device_id)
+        else:
+            dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size,
+                                    device_id=device_id)
+    return World(rank, local_rank, world_size, device)
+
+
+def close_world() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], world: World) -> list[float]:
+    """Sum a few floats over all ranks (metrics, counts); a no-op in a world of one."""
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=world.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
