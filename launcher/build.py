@@ -1,0 +1,101 @@
+"""`gangrun build`: the training image from docker/Dockerfile, with docker or podman, whichever is here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from launcher.errors import SpecError
+from launcher.k8s_manifests import DEFAULT_IMAGE
+
+ENGINES = ("docker", "podman")
+DOCKERFILE = Path("docker") / "Dockerfile"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """One image build: the engine, what it builds, and how pip in the build reaches its index."""
+
+    engine: str
+    tag: str = DEFAULT_IMAGE
+    context: Path = Path(".")
+    base_image: str | None = None
+    pip_cert: str | None = None
+    pip_index_url: str | None = None
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def build_argv(self) -> list[str]:
+        argv = [self.engine, "build", "-f", str(self.context / DOCKERFILE), "-t", self.tag]
+        if self.base_image:
+            argv += ["--build-arg", f"BASE_IMAGE={self.base_image}"]
+        if self.pip_index_url:
+            argv += ["--build-arg", f"PIP_INDEX_URL={self.pip_index_url}"]
+        if self.pip_cert:
+            # A secret, not a COPY or build arg: the CA bundle never lands in a layer or the history.
+            argv += ["--secret", f"id=pip_cert,src={self.pip_cert}"]
+        return [*argv, *self.extra_args, str(self.context)]
+
+    def push_argv(self) -> list[str]:
+        return [self.engine, "push", self.tag]
+
+
+def find_engine(which: callable = shutil.which) -> str:
+    for engine in ENGINES:
+        if which(engine):
+            return engine
+    raise SpecError("engine", "neither docker nor podman is on PATH", "install one of them, or pass --engine")
+
+
+def pip_settings(environ: Mapping[str, str] = os.environ) -> tuple[str | None, str | None]:
+    """(CA bundle, index URL) as pip on this machine sees them: PIP_* variables, then `pip config`."""
+    cert, index = environ.get("PIP_CERT"), environ.get("PIP_INDEX_URL")
+    if cert is None or index is None:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+        for line in proc.stdout.splitlines():
+            key, _, value = line.partition("=")
+            value = value.strip().strip("'\"")
+            if key.endswith(".cert") and cert is None:
+                cert = value
+            if key.endswith(".index-url") and not key.endswith("extra-index-url") and index is None:
+                index = value
+    return (cert if cert and Path(cert).is_file() else None), (index or None)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tag", "-t", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
+    parser.add_argument("--push", action="store_true", help="push the tag after building")
+    parser.add_argument("--engine", choices=ENGINES, help="docker or podman (default: the first found)")
+    parser.add_argument("--base-image", help="BASE_IMAGE build argument (default: the Dockerfile's CUDA image)")
+    parser.add_argument("--context", type=Path, default=Path("."), help="repository root (default .)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands; run nothing")
+    parser.add_argument("build_args", nargs="*", metavar="-- ENGINE_ARG",
+                        help="passed to `<engine> build` as is (after --), e.g. -- --pull=never")
+
+
+def plan_from_args(args: argparse.Namespace) -> BuildPlan:
+    if not (args.context / DOCKERFILE).is_file():
+        raise SpecError("context", f"no {DOCKERFILE} under {args.context}", "run from the gangrun repository root")
+    cert, index = pip_settings()
+    return BuildPlan(engine=args.engine or find_engine(), tag=args.tag, context=args.context,
+                     base_image=args.base_image, pip_cert=cert, pip_index_url=index,
+                     extra_args=tuple(args.build_args))
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Build (and push); with --dry-run print the commands instead. Returns the engine's exit status."""
+    plan = plan_from_args(args)
+    commands = [plan.build_argv(), *([plan.push_argv()] if args.push else [])]
+    for argv in commands:
+        print(shlex.join(argv), flush=True)
+        if not args.dry_run:
+            code = subprocess.run(argv).returncode
+            if code:
+                return code
+    return 0

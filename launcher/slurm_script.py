@@ -1,0 +1,175 @@
+"""The sbatch script for a JobSpec: pure text, so dry runs, golden tests and shellcheck see exactly it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher import __version__
+from launcher.spec import JobSpec
+from launcher.torchrun import Rendezvous, torchrun_args
+
+# Training's "I saved; requeue me" exit code (train/signals.py EXIT_REQUEUE; issue 3's contract).
+EXIT_REQUEUE = 75
+# Not USR1: NCCL takes it. Without "B:", Slurm sends it to every process of every step, so each
+# worker gets it directly (measured: scancel --signal=USR2 and --signal=USR2@50 alike).
+NOTICE_SIGNAL = "USR2"
+# torchrun's c10d store port: from the job id, so jobs sharing a head node do not collide, and
+# below Linux's ephemeral range (32768+) so no outgoing connection holds it.
+PORT_BASE, PORT_SPAN = 20000, 12000
+# After the first node's agent exits, how long the others get before srun stops them. Ranks that
+# agreed to save exit within seconds of each other; a crashed node's peers are stopped here. Not
+# --kill-on-bad-exit: it would kill the other nodes mid-exit and srun would report their signal,
+# not the 75 that asks for a requeue (srun returns the highest code of all tasks).
+STRAGGLER_WAIT_S = 60
+
+# Shell variables the script sets and torchrun's flags name; the shell expands them at run time.
+HEAD_NODE, RDZV_PORT, JOB_ID = "${head_node}", "${rdzv_port}", "${SLURM_JOB_ID}"
+_LIVE = re.compile("(" + "|".join(re.escape(v) for v in (HEAD_NODE, RDZV_PORT, JOB_ID)) + ")")
+
+# Lines the plain scripts in slurm/ share word for word (tests/test_slurm_scripts.py keeps them in step).
+HEAD_NODE_LINE = 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+RDZV_PORT_LINE = f"rdzv_port=$(({PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN}))"
+RESTARTS_LINE = "restarts=${SLURM_RESTART_COUNT:-0}"
+REQUEUE_LINE = 'scontrol requeue "$SLURM_JOB_ID" && exit 0'
+# Single-quoted words are literal on purpose: user values, and the ${rank} torchrun expands itself.
+SHELLCHECK_LITERALS = "# shellcheck disable=SC2016  # single quotes: literal on purpose"
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """Where one job's files live; Slurm fills in %j (job id) and %N (node name)."""
+
+    folder: Path
+
+    @property
+    def batch_log(self) -> str:
+        return f"{self.folder}/%j.batch.log"
+
+    @property
+    def node_log(self) -> str:
+        return f"{self.folder}/%j.%N.log"
+
+    def logs(self, job_id: str) -> list[Path]:
+        """The batch log first, then one log per node, in name order."""
+        return [self.folder / f"{job_id}.batch.log",
+                *sorted(p for p in self.folder.glob(f"{job_id}.*.log") if not p.name.endswith(".batch.log"))]
+
+
+def shell_word(arg: str) -> str:
+    """Quote one argument; only the script's own rendezvous variables stay live for the shell."""
+    if not _LIVE.search(arg):
+        return shlex.quote(arg)
+    # re.split with a group puts the variables at the odd indices; everything else is escaped.
+    parts = _LIVE.split(arg)
+    return '"' + "".join(p if i % 2 else re.sub(r'(["$`\\])', r"\\\1", p) for i, p in enumerate(parts)) + '"'
+
+
+def sbatch_directives(spec: JobSpec, files: JobFiles) -> list[str]:
+    """#SBATCH lines: one task per node (each runs torchrun), the notice signal, requeue, logs."""
+    nodes = str(spec.nnodes.max) if not spec.nnodes.elastic else f"{spec.nnodes.min}-{spec.nnodes.max}"
+    s = spec.slurm
+    options: list[tuple[str, object]] = [
+        ("job-name", spec.job_name), ("nodes", nodes), ("ntasks-per-node", 1),
+        ("gpus-per-node", spec.gpus_per_node or None), ("cpus-per-task", s.cpus_per_task), ("mem", s.mem),
+        ("partition", s.partition), ("account", s.account), ("qos", s.qos), ("constraint", s.constraint),
+        ("time", spec.time), ("signal", f"{NOTICE_SIGNAL}@{s.signal_grace_s}"),
+        ("requeue" if s.requeue else "no-requeue", True),
+        # A requeued job appends to its logs; the default truncates them on restart.
+        ("open-mode", "append"), ("output", files.batch_log),
+    ]
+    return [f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={value}"
+            for key, value in options if value is not None]
+
+
+def environment(spec: JobSpec) -> dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1"}
+    if spec.slurm.cpus_per_task and isinstance(spec.nproc_per_node, int):
+        env["OMP_NUM_THREADS"] = str(max(1, spec.slurm.cpus_per_task // spec.nproc_per_node))
+    env.update(spec.env)
+    return env
+
+
+def agent_command(spec: JobSpec, python: str) -> tuple[list[str], list[str]]:
+    """One node's agent as (launcher and torchrun flags, entrypoint), each word shell-quoted.
+
+    The flags come from the one torchrun function; the rendezvous from the allocation at run time.
+    """
+    if spec.rdzv_endpoint is not None:
+        host, _, port = spec.rdzv_endpoint.rpartition(":")
+        rdzv = Rendezvous("c10d", host, port, JOB_ID)
+    else:
+        rdzv = Rendezvous("c10d", HEAD_NODE, RDZV_PORT, JOB_ID)
+    args = torchrun_args(spec, rdzv)
+    split = len(args) - len(spec.entrypoint.argv())
+    # The entrypoint's own arguments are always literal: only torchrun's flags name our variables.
+    return ([shlex.quote(python), "-m", "launcher.agent", *map(shell_word, args[:split])],
+            [shlex.quote(a) for a in args[split:]])
+
+
+def srun_command(spec: JobSpec, files: JobFiles) -> list[str]:
+    args = ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=0", f"--wait={STRAGGLER_WAIT_S}", "--unbuffered",
+            "--open-mode=append", f"--output={files.node_log}"]
+    if spec.slurm.cpus_per_task:
+        # Slurm 22.05's srun does not take --cpus-per-task from the batch allocation.
+        args.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")
+    return [shlex.quote(a) for a in args]
+
+
+def requeue_block(spec: JobSpec) -> list[str]:
+    """After srun: exit 75 means every rank saved; requeue, counted and capped. Other codes end the job."""
+    cap = spec.slurm.max_requeues
+    if not spec.slurm.requeue:
+        return [f'if [ "$status" -eq {EXIT_REQUEUE} ]; then',
+                '  echo "gangrun: training saved and asked for a requeue, but requeue is off for this job" >&2',
+                "fi"]
+    return [
+        f'if [ "$status" -eq {EXIT_REQUEUE} ]; then',
+        f'  if [ "$restarts" -lt {cap} ]; then',
+        f'    echo "gangrun: training saved and asked for a requeue: requeue $((restarts + 1)) of {cap}"',
+        f"    {REQUEUE_LINE}",
+        '    echo "gangrun: scontrol requeue failed; the job ends here" >&2',
+        "  else",
+        f'    echo "gangrun: training asked for a requeue, but the job was requeued {cap} times already" >&2',
+        "  fi",
+        "fi",
+    ]
+
+
+def render_sbatch(spec: JobSpec, folder: Path, python: str) -> str:
+    """The whole batch script for ``spec``, writing its logs under ``folder``; raises SpecError."""
+    spec.slurm.validate(spec.time)
+    files = JobFiles(folder)
+    launcher_and_flags, program = agent_command(spec, python)
+    command = [" ".join(srun_command(spec, files)), " ".join(launcher_and_flags[:3]), *launcher_and_flags[3:],
+               " ".join(program)]
+    return "\n".join([
+        "#!/bin/bash",
+        SHELLCHECK_LITERALS,
+        f"# gangrun {__version__}: {spec.job_name}, {spec.nnodes} node(s) x {spec.nproc_per_node} process(es).",
+        *sbatch_directives(spec, files),
+        "",
+        "# Every rank meets on the allocation's first host (never a silent localhost).",
+        HEAD_NODE_LINE,
+        'if [ -z "$head_node" ]; then',
+        '  echo "gangrun: no first host in SLURM_JOB_NODELIST=${SLURM_JOB_NODELIST:-}" >&2',
+        "  exit 1",
+        "fi",
+        RDZV_PORT_LINE,
+        RESTARTS_LINE,
+        'echo "gangrun: job $SLURM_JOB_ID run $((restarts + 1)) on $SLURM_JOB_NODELIST,'
+        ' rendezvous ${head_node}:${rdzv_port}"',
+        "",
+        *(f"export {key}={shlex.quote(value)}" for key, value in environment(spec).items()),
+        "",
+        "# One task per node, each a torchrun agent: gangrun's, which exits with the first failed",
+        f"# worker's code instead of 1. Slurm's {NOTICE_SIGNAL} reaches every worker; the agent outlives it.",
+        " \\\n  ".join(command),
+        "status=$?",
+        *requeue_block(spec),
+        'echo "gangrun: job $SLURM_JOB_ID run $((restarts + 1)) ended with exit $status"',
+        'exit "$status"',
+        "",
+    ])

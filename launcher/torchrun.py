@@ -1,0 +1,60 @@
+"""The one place that spells torchrun flags: a JobSpec plus a rendezvous become torchrun argv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from launcher.spec import JobSpec
+
+# Every target prefixes worker output with the *global* rank; torchrun's default `[default0]:`
+# names only the local rank, which repeats on every node.
+LOG_PREFIX_TEMPLATE = "[rank${rank}]: "
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where and how one node's agent meets the others.
+
+    ``static`` needs a fixed node count and this node's rank (fast: no c10d round trips);
+    ``c10d`` lets torchrun assign ranks and supports elastic MIN:MAX and restarts across nodes.
+    """
+
+    backend: Literal["static", "c10d"]
+    host: str
+    port: int | str
+    run_id: str = "gangrun"
+    node_rank: int | str | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def torchrun_args(spec: JobSpec, rdzv: Rendezvous, log_dir: str | None = None) -> list[str]:
+    """torchrun's flags and the entrypoint for one node, without the program name.
+
+    ``rdzv`` fields may be shell expressions (``$SLURM_NODEID``) where a target renders a script.
+    """
+    args = [
+        f"--nnodes={spec.nnodes}",
+        f"--nproc-per-node={spec.nproc_per_node}",
+        f"--max-restarts={spec.max_restarts}",
+    ]
+    if rdzv.backend == "static":
+        if spec.nnodes.elastic:
+            raise ValueError("static rendezvous cannot serve an elastic node range")
+        args += [
+            f"--node-rank={rdzv.node_rank if rdzv.node_rank is not None else 0}",
+            f"--master-addr={rdzv.host}",
+            f"--master-port={rdzv.port}",
+        ]
+    else:
+        args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv.endpoint}", f"--rdzv-id={rdzv.run_id}"]
+        if rdzv.conf:
+            args.append("--rdzv-conf=" + ",".join(f"{k}={v}" for k, v in sorted(rdzv.conf.items())))
+    if log_dir is not None:
+        args.append(f"--log-dir={log_dir}")
+    args += ["--tee=3", f"--log-line-prefix-template={LOG_PREFIX_TEMPLATE}"]
+    return [*args, *spec.entrypoint.argv()]
