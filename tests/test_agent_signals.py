@@ -1,0 +1,77 @@
+"""The agent in the preemption chain, with real torchrun processes: the notice reaches every process
+of the step (as Slurm's proctrack sends it), the agent survives it, and exit 75 is not restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.multiprocess
+WORKER = str(REPO / "tests" / "scripts" / "notice_exit.py")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (what proctrack/linuxproc signals)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def start_agent(launcher: list[str], tmp_path: Path, env: dict[str, str], max_restarts: int) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / "agent.log"
+    argv = [*launcher, "--standalone", "--nproc-per-node=2", f"--max-restarts={max_restarts}", "--tee=3", WORKER, "60"]
+    proc = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while log.read_text().count("ready") < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return proc, log
+
+
+def notice_to_step(proc: subprocess.Popen) -> None:
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGUSR2)
+        except ProcessLookupError:
+            pass
+
+
+def test_gangrun_agent_survives_the_notice_and_exits_75_without_restarting(tmp_path: Path,
+                                                                            gangrun_env: dict[str, str]) -> None:
+    proc, log = start_agent([sys.executable, "-m", "launcher.agent"], tmp_path, gangrun_env, max_restarts=2)
+    notice_to_step(proc)
+    assert proc.wait(timeout=60) == 75, log.read_text()
+    text = log.read_text()
+    assert text.count("saved; exiting 75") == 2
+    assert "restart=1" not in text, "torchrun restarted the group after exit 75"
+
+
+def test_plain_torchrun_is_killed_by_the_notice(tmp_path: Path, gangrun_env: dict[str, str]) -> None:
+    """Why the agent needs its handler: torchrun has none for USR2, so the notice kills it."""
+    proc, log = start_agent([sys.executable, "-m", "torch.distributed.run"], tmp_path, gangrun_env, max_restarts=0)
+    workers = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGUSR2)
+    assert proc.wait(timeout=60) == -signal.SIGUSR2
+    # Its workers live on, orphaned: nobody is left to collect their exit codes.
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert alive, log.read_text()
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,126 @@
+"""Exact resume under real torchrun: SIGTERM, SIGKILL of a rank, a kill before commit, and resharding."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoint_runs import (assert_models_equal, committed_steps, gangrun, global_samples,
+                                   read_checkpoint, run_in_process, run_ok, samples_by_step, wait_for_step,
+                                   worker_pid)
+from tests.conftest import child_env
+from train.checkpoint import KILL_BEFORE_COMMIT_ENV
+from train.signals import EXIT_REQUEUE
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
+
+STEPS = 32
+# 1,437 digits / 48 = 29 steps per epoch, so runs cross into epoch 1. 48 = 8 x {1, 2, 3} x accumulation.
+COMMON = [f"train.max_steps={STEPS}", "train.global_batch_size=48", "train.micro_batch_size=8",
+          "train.log_every=8", "train.eval_every=0", "metrics.plot=false", "train.record_samples=true",
+          "checkpoint.every=4"]
+
+
+def step_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / "checkpoints" / f"step-{step:08d}"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    return child_env(tmp_path_factory.mktemp("env"))
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank run that keeps every checkpoint: the numbers the others must match."""
+    out = tmp_path_factory.mktemp("reference")
+    run_ok(2, [*COMMON, f"output_dir={out}", "checkpoint.keep=0"], env, out)
+    assert committed_steps(out / "checkpoints") == list(range(4, STEPS + 1, 4))
+    return out
+
+
+def assert_same_as_reference(out: Path, reference: Path, scratch: Path) -> None:
+    assert_models_equal(read_checkpoint(step_dir(out, STEPS), scratch),
+                        read_checkpoint(step_dir(reference, STEPS), scratch))
+    for rank in (0, 1):
+        assert samples_by_step(out, rank) == samples_by_step(reference, rank), f"rank {rank} saw other samples"
+
+
+def test_sigterm_saves_exits_requeue_and_resumes_bit_identical(reference, env, tmp_path):
+    # Async saves and keep-last-2 ride along: they must not change a single number.
+    overrides = [*COMMON, f"output_dir={tmp_path}", "checkpoint.async_save=true", "checkpoint.keep=2"]
+    run = gangrun(2, overrides, env, tmp_path)
+    wait_for_step(tmp_path / "samples" / "rank1.jsonl", 10, run)
+    # One rank is signalled; both must agree, save and exit 75.
+    os.kill(worker_pid(run.proc.pid, 1), signal.SIGTERM)
+    code, output = run.finish()
+    assert code == EXIT_REQUEUE, output[-4000:]
+    stopped = committed_steps(tmp_path / "checkpoints")[-1]
+    assert 10 <= stopped < STEPS and f"stopping at step {stopped} on a peer rank's signal" in output
+
+    output = run_ok(2, overrides, env, tmp_path)
+    assert f"resumed from {step_dir(tmp_path, stopped)} (step {stopped}" in output
+    assert committed_steps(tmp_path / "checkpoints") == [STEPS - 4, STEPS]
+    assert_same_as_reference(tmp_path, reference, tmp_path / "scratch")
+    # The kept step before the last was saved asynchronously, and is whole.
+    assert_models_equal(read_checkpoint(step_dir(tmp_path, STEPS - 4), tmp_path / "scratch"),
+                        read_checkpoint(step_dir(reference, STEPS - 4), tmp_path / "scratch"))
+
+
+def test_sigkill_of_one_rank_restarts_and_resumes_bit_identical(reference, env, tmp_path):
+    run = gangrun(2, [*COMMON, f"output_dir={tmp_path}"], env, tmp_path, "--max-restarts", "2")
+    wait_for_step(tmp_path / "samples" / "rank1.jsonl", 10, run)
+    os.kill(worker_pid(run.proc.pid, 1), signal.SIGKILL)
+    code, output = run.finish()
+    assert code == 0, output[-4000:]
+    assert "checkpoint: resumed from" in output
+    assert_same_as_reference(tmp_path, reference, tmp_path / "scratch")
+
+
+def test_kill_before_commit_never_loads_the_uncommitted_checkpoint(reference, env, tmp_path):
+    env = {**env, KILL_BEFORE_COMMIT_ENV: "8"}
+    output = run_ok(2, [*COMMON, f"output_dir={tmp_path}"], env, tmp_path, "--max-restarts", "2")
+    assert f"skipping incomplete {step_dir(tmp_path, 8)}" in output
+    assert f"resumed from {step_dir(tmp_path, 4)} (step 4" in output
+    assert_same_as_reference(tmp_path, reference, tmp_path / "scratch")
+
+
+def assert_data_continues(out: Path, world: int, reference: Path, after: int) -> None:
+    """Each step's global batch after the resume is the reference's: no sample repeated or skipped."""
+    resumed = global_samples(out, world)
+    expected = {s: v for s, v in global_samples(reference, 2).items() if s > after}
+    assert resumed == expected
+
+
+def test_reshard_2_to_1(reference, tmp_path):
+    source = step_dir(reference, 8)
+    run_in_process([*COMMON, f"output_dir={tmp_path}", f"checkpoint.resume={source}", "train.max_steps=8"])
+    assert_models_equal(read_checkpoint(step_dir(tmp_path, 8), tmp_path / "s"), read_checkpoint(source, tmp_path / "s"))
+    run_in_process([*COMMON, f"output_dir={tmp_path}"])
+    assert_data_continues(tmp_path, 1, reference, after=8)
+    # Different accumulation order, same mathematics.
+    assert_models_equal(read_checkpoint(step_dir(tmp_path, STEPS), tmp_path / "s"),
+                        read_checkpoint(step_dir(reference, STEPS), tmp_path / "s"), exact=False)
+
+
+def test_reshard_2_to_3(reference, env, tmp_path):
+    source = step_dir(reference, 8)
+    output = run_ok(3, [*COMMON, f"output_dir={tmp_path}", f"checkpoint.resume={source}", "train.max_steps=8"],
+                    env, tmp_path)
+    assert "saved on 2 ranks, resuming on 3" in output
+    assert_models_equal(read_checkpoint(step_dir(tmp_path, 8), tmp_path / "s"), read_checkpoint(source, tmp_path / "s"))
+    run_ok(3, [*COMMON, f"output_dir={tmp_path}"], env, tmp_path)
+    assert_data_continues(tmp_path, 3, reference, after=8)
+    assert_models_equal(read_checkpoint(step_dir(tmp_path, STEPS), tmp_path / "s"),
+                        read_checkpoint(step_dir(reference, STEPS), tmp_path / "s"), exact=False)
+
+
+def test_reshard_1_to_2(env, tmp_path):
+    single = tmp_path / "single"
+    run_in_process([*COMMON, f"output_dir={single}", "train.max_steps=4"])
+    source = step_dir(single, 4)
+    run_ok(2, [*COMMON, f"output_dir={tmp_path}", f"checkpoint.resume={source}", "train.max_steps=4"], env, tmp_path)
+    assert_models_equal(read_checkpoint(step_dir(tmp_path, 4), tmp_path / "s"), read_checkpoint(source, tmp_path / "s"))

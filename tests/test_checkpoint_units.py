@@ -1,0 +1,122 @@
+"""Checkpoint pieces in one process: the store's commit and pruning, RNG, data position, config, resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from tests.checkpoint_runs import assert_models_equal, committed_steps, read_checkpoint, run_in_process
+from train.checkpoint_store import MANIFEST, METADATA, CheckpointStore, step_dir_name
+from train.config import ConfigError, load_config
+from train.data import GlobalBatchSampler
+from train.distributed import World, init_world
+from train.loop import Trainer
+from train.rng import capture_rng, restore_rng
+from train.signals import StopFlag
+
+# A world of one saves and loads without a process group, which DCP warns about each time.
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+DIGITS = ["train.global_batch_size=32", "train.micro_batch_size=16", "train.log_every=5", "train.eval_every=0",
+          "metrics.plot=false", "checkpoint.every=5", "checkpoint.keep=0"]
+
+
+def make_step(store: CheckpointStore, step: int, metadata: bool, manifest: bool) -> None:
+    path = store.path(step)
+    os.makedirs(path)
+    with open(f"{path}/__0_0.distcp", "wb") as f:
+        f.write(b"partial")
+    if metadata:
+        open(f"{path}/{METADATA}", "wb").close()
+    if manifest:
+        store.commit(path, {"step": step})
+
+
+def test_listing_skips_incomplete_and_pruning_keeps_newest_and_in_flight(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    for step, metadata, manifest in ((1, True, True), (2, True, True), (3, True, False), (4, True, True),
+                                     (5, False, False)):
+        make_step(store, step, metadata, manifest)
+    listing = store.list_steps()
+    assert listing.committed == [4, 2, 1] and listing.incomplete == [5, 3]
+    # 1 is beyond keep=2; 3 is a dead save older than the newest commit; 5 may still be being written.
+    assert store.prune(keep=2, newest=4) == [1, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [step_dir_name(s) for s in (2, 4, 5)]
+    assert not list(tmp_path.glob(f"*/.{MANIFEST}.*")), "no temporary manifest left behind"
+    assert oct((tmp_path / step_dir_name(4) / MANIFEST).stat().st_mode & 0o777) == "0o644"
+
+
+def test_file_url_writes_where_it_says(tmp_path):
+    # FileSystemWriter("file:///x") would write into a folder literally named "file:".
+    store = CheckpointStore(f"file://{tmp_path}/ckpt")
+    assert store.local and store.root == f"{tmp_path}/ckpt"
+    dcp.save({"w": torch.arange(4.0)}, storage_writer=store.writer(store.path(7)), no_dist=True)
+    assert (tmp_path / "ckpt" / step_dir_name(7) / METADATA).is_file()
+    assert not list(tmp_path.rglob("file:"))
+
+
+def test_rng_round_trip():
+    state = capture_rng(torch.device("cpu"))
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    first = (torch.rand(3), random.random(), random.gauss(0, 1), np.random.rand(3))
+    restore_rng(state, torch.device("cpu"))
+    second = (torch.rand(3), random.random(), random.gauss(0, 1), np.random.rand(3))
+    assert torch.equal(first[0], second[0]) and first[1:3] == second[1:3] and np.array_equal(first[3], second[3])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_data_position_restripes_to_any_world_size(world):
+    dataset = list(range(100))
+    samplers = [GlobalBatchSampler(dataset, world, rank, global_batch=12, seed=3) for rank in range(world)]
+    for sampler in samplers:
+        sampler.set_epoch(1)
+        sampler.start = 24  # two global batches consumed, on whatever world size saved them
+    resumed = sorted(i for sampler in samplers for i in sampler)
+    # Exactly the rest of the epoch's whole global batches: nothing repeated, nothing skipped.
+    assert resumed == sorted(samplers[0].epoch_order()[24:96])
+
+
+def test_checkpoint_config_errors():
+    with pytest.raises(ConfigError, match="checkpoint.keep: 1 leaves no committed checkpoint"):
+        load_config("digits", ["checkpoint.async_save=true", "checkpoint.keep=1"])
+    with pytest.raises(ConfigError, match="train.precision: fp16 under FSDP"):
+        load_config("digits", ["train.parallel=fsdp", "train.precision=fp16"])
+    assert load_config("digits", ["output_dir=runs/x/"]).checkpoint_dir == "runs/x/checkpoints"
+    assert load_config("digits", ["checkpoint.dir=s3://b/run"]).checkpoint_dir == "s3://b/run"
+
+
+def test_stop_signals_only_set_a_flag():
+    flag = StopFlag().install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+    finally:
+        flag.uninstall()
+    assert flag.name == "SIGUSR2" and flag.agreed(World(0, 0, 1, torch.device("cpu")))
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+
+
+def test_stop_saves_at_the_step_boundary_and_resume_is_exact(tmp_path):
+    whole = tmp_path / "whole"
+    run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={whole}"])
+    parts = tmp_path / "parts"
+    trainer = Trainer(load_config("digits", [*DIGITS, "train.max_steps=10", f"output_dir={parts}"]),
+                      init_world("cpu"))
+    trainer.stop.signum = signal.SIGTERM  # as if SIGTERM arrived during the first step
+    trainer.fit()
+    assert trainer.stopped_by == "SIGTERM" and committed_steps(parts / "checkpoints") == [1]
+    assert run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={parts}"]).state.step == 10
+    assert committed_steps(parts / "checkpoints") == [1, 5, 10]
+    assert_models_equal(read_checkpoint(parts / "checkpoints" / step_dir_name(10), tmp_path / "s"),
+                        read_checkpoint(whole / "checkpoints" / step_dir_name(10), tmp_path / "s"))
+
+
+def test_explicit_resume_must_be_committed(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint.resume: .* is not a committed checkpoint"):
+        run_in_process([*DIGITS, "train.max_steps=1", f"output_dir={tmp_path}",
+                        f"checkpoint.resume={tmp_path}/nowhere"])

@@ -1,0 +1,149 @@
+"""gangrun's Slurm target against a real two-node Slurm on localhost: submit, logs, status, cancel,
+preemption with requeue and exact resume, and the plain script in slurm/ under `sbatch --wait`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.checkpoint_runs import assert_models_equal, read_checkpoint
+from tests.conftest import BIN, REPO
+from tests.slurm_cluster import SlurmCluster, start_cluster
+
+pytestmark = pytest.mark.multiprocess
+STEPS = 200
+# The preemption test compares bits, so it runs one rank per node: with two ranks a sum is the same
+# in any order, while with four, a resumed run's first step reduces gradients in DDP's initial
+# bucket order and an uninterrupted run in its rebuilt one, and the weights differ by ~1e-7.
+ONE_PER_NODE = ["--nnodes", "2", "--nproc-per-node", "1"]
+
+
+def digits(output_dir: Path, micro_batch: int = 32) -> list[str]:
+    return ["-m", "train", "--config", "digits", f"output_dir={output_dir}", f"train.max_steps={STEPS}",
+            f"train.micro_batch_size={micro_batch}", "checkpoint.every=1000", "metrics.plot=false"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    running = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def work(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("work")
+
+
+def gangrun(cluster: SlurmCluster, work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in cluster.env.items() if not k.startswith(("GANGRUN_", "SLURM_JOB", "TORCHELASTIC"))}
+    env.update(GANGRUN_HOME=str(work / "home"), PATH=f"{BIN}{os.pathsep}{env['PATH']}", MPLCONFIGDIR=str(work / "mpl"))
+    return subprocess.run([str(BIN / "gangrun"), *args], env=env, cwd=work, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def submit(cluster: SlurmCluster, work: Path, *args: str) -> str:
+    result = gangrun(cluster, work, "submit", "--target", "slurm", *args)
+    assert result.returncode == 0, result.stderr
+    return re.search(r"submitted slurm-(\d+)", result.stdout).group(1)
+
+
+def wait_for_line(cluster: SlurmCluster, work: Path, job: str, pattern: str, count: int = 1) -> str:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        text = gangrun(cluster, work, "logs", job).stdout
+        if len(re.findall(pattern, text, re.MULTILINE)) >= count:
+            return text
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job}: no {pattern!r} in its logs:\n{text[-3000:]}")
+
+
+def run_to_end(cluster: SlurmCluster, work: Path, *args: str) -> tuple[str, str]:
+    """Submit and follow the logs until the job ends: (job id, `gangrun logs --follow` output)."""
+    job = submit(cluster, work, *args)
+    followed = gangrun(cluster, work, "logs", "--follow", job)
+    assert followed.returncode == 0, followed.stderr
+    return job, followed.stdout
+
+
+def test_two_node_job_completes_with_world_4(cluster: SlurmCluster, work: Path) -> None:
+    # Two processes per node: a micro-batch that divides digits' global batch of 64 on 4 ranks.
+    args = ["--nnodes", "2", "--nproc-per-node", "2", "--name", "digits", *digits(work / "world4", micro_batch=16)]
+    job, logs = run_to_end(cluster, work, *args)
+    # What `render` prints offline is exactly what was submitted, and the job's folder keeps it.
+    submitted = next((work / "home" / "slurm" / "digits").glob(f"{job}_submission.sh")).read_text()
+    assert gangrun(cluster, work, "render", "--target", "slurm", *args).stdout == submitted + "\n"
+    assert "training: world 4" in logs, logs[-3000:]
+    assert re.search(r"^\[node\d\] \[rank0\]: eval .* accuracy 0\.\d+", logs, re.MULTILINE), logs[-3000:]
+    assert gangrun(cluster, work, "status", job).stdout.startswith("COMPLETED")
+    assert f"slurm-{job}\tdigits" in gangrun(cluster, work, "list").stdout
+    assert set(re.findall(r"^\[(node\d)\]", logs, re.MULTILINE)) == {"node1", "node2"}
+    only_rank0 = gangrun(cluster, work, "logs", "--rank", "0", job).stdout.splitlines()
+    assert only_rank0 and all(re.match(r"\[node\d\] \[rank0\]: ", line) for line in only_rank0)
+
+
+def test_logs_name_node_and_rank_and_cancel_stops_the_job(cluster: SlurmCluster, work: Path) -> None:
+    job = submit(cluster, work, "--nnodes", "2", "--nproc-per-node", "1", "--name", "sleeper",
+                 str(REPO / "tests" / "scripts" / "notice_exit.py"), "300")
+    logs = wait_for_line(cluster, work, job, r"\[rank\d\]: worker .* ready$", count=2)
+    # One rank per node: each node's file carries its own rank's lines.
+    ranks = dict(re.findall(r"^\[(node\d)\] \[rank(\d)\]: worker .* ready$", logs, re.MULTILINE))
+    assert sorted(ranks) == ["node1", "node2"] and sorted(ranks.values()) == ["0", "1"], logs
+    assert gangrun(cluster, work, "status", job).stdout.startswith("RUNNING")
+    assert gangrun(cluster, work, "cancel", job).returncode == 0
+    deadline = time.monotonic() + 60
+    while not gangrun(cluster, work, "status", job).stdout.startswith("CANCELLED"):
+        assert time.monotonic() < deadline, gangrun(cluster, work, "status", job).stdout
+        time.sleep(0.5)
+
+
+def test_preempted_job_saves_requeues_resumes_and_matches_uninterrupted(cluster: SlurmCluster, work: Path) -> None:
+    reference_dir = work / "uninterrupted"
+    run_to_end(cluster, work, *ONE_PER_NODE, "--name", "uninterrupted", *digits(reference_dir))
+    output_dir = work / "preempted"
+    job = submit(cluster, work, *ONE_PER_NODE, "--name", "preempted", *digits(output_dir))
+    wait_for_line(cluster, work, job, r"\[rank0\]: step\s+\d+ ")
+    # What Slurm does --signal-grace seconds before the time limit, or on a preemption notice.
+    cluster.run("scancel", "--signal=USR2", job)
+    # Wait until accounting, not only the controller, has the job pending again: slurmd refuses a
+    # start within the second of the kill ("Job credential revoked"), and the job then fails.
+    deadline = time.monotonic() + 120
+    while cluster.run("sacct", "-n", "-X", "-o", "State", "-j", job).stdout.strip() != "PENDING":
+        assert time.monotonic() < deadline, cluster.run("scontrol", "show", "job", job).stdout
+        time.sleep(0.2)
+    assert cluster.job_field(job, "Restarts") == "1"
+    # A requeued job waits ~120 s (Reason=BeginTime); the test does not.
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    followed = gangrun(cluster, work, "logs", "--follow", job)
+    assert followed.returncode == 0, followed.stderr
+    logs = followed.stdout
+    assert "stopping at step" in logs and "requeue 1 of 3" in logs, logs[-4000:]
+    assert "checkpoint: resumed from" in logs and f"job {job} run 2 " in logs, logs[-4000:]
+    assert gangrun(cluster, work, "status", job).stdout.startswith("COMPLETED")
+    final = f"checkpoints/step-{STEPS:08d}"
+    assert_models_equal(read_checkpoint(reference_dir / final, work / "scratch"),
+                        read_checkpoint(output_dir / final, work / "scratch"))
+
+
+def test_plain_sbatch_script_runs_the_same_job(cluster: SlurmCluster, work: Path) -> None:
+    output_dir = work / "plain"
+    log = work / "plain.out"
+    result = cluster.run(
+        "sbatch", "--wait", f"--chdir={work}", f"--output={log}",
+        f"--export=ALL,PYTHON={BIN / 'python'},NPROC_PER_NODE=2,MPLCONFIGDIR={work / 'mpl'}",
+        str(REPO / "slurm" / "train.sbatch"), *digits(output_dir, micro_batch=16), "train.max_steps=20", check=False)
+    text = log.read_text()
+    assert result.returncode == 0, result.stderr + text[-3000:]
+    assert "training: world 4" in text and "accuracy" in text, text[-3000:]
+
+
+def test_sbatch_refusal_is_one_line_exit_2(cluster: SlurmCluster, work: Path) -> None:
+    result = gangrun(cluster, work, "submit", "--target", "slurm", "--partition", "nosuch", "-m", "train")
+    assert result.returncode == 2
+    assert result.stderr.startswith("gangrun: error: slurm: sbatch refused the job") and result.stderr.count("\n") == 1
