@@ -17,6 +17,8 @@ from tests.podman import ensure_podman, build_image
 
 BIN = Path(sys.executable).parent
 JOB_NAME = "digits"
+# Four steps take seconds; a job still running after this hangs, and its logs say where.
+WAIT_S = 240
 
 
 def test_hadolint_clean():
@@ -76,9 +78,12 @@ def test_two_node_job_in_one_pod(podman_image, tmp_path):
             podman.run("run", "-d", "--pull=never", "--pod", pod, "--name", name, "--shm-size=256m",
                        "--env=OMP_NUM_THREADS=1", *flags, image, *expand(command, env))
             names.append(name)
-        codes = podman.run("wait", *names, timeout=600).stdout.split()
+        try:
+            codes = podman.run("wait", *names, timeout=WAIT_S).stdout.split()
+        except subprocess.TimeoutExpired:
+            codes = [f"still running after {WAIT_S} s"]
         logs = {n: podman.run("logs", n).stdout + podman.run("logs", n).stderr for n in names}
-        assert codes == ["0", "0"], "\n".join(f"--- {n}\n{text[-3000:]}" for n, text in logs.items())
+        assert codes == ["0", "0"], "\n".join([str(codes)] + [f"--- {n}\n{text[-3000:]}" for n, text in logs.items()])
         assert "training: world 4," in logs[names[0]]
         user = podman.run("inspect", "--format", "{{.Config.User}}", names[0]).stdout.strip()
         assert user == "1000:1000"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from train.config import ConfigError, accumulation_steps, load_config
-from train.distributed import close_world, init_world
+from train.config import Config, ConfigError, accumulation_steps, load_config
+from train.distributed import World, close_world, init_world
 from train.loop import Trainer
 from train.metrics import log, setup_logging
 from train.signals import EXIT_REQUEUE
@@ -46,19 +47,30 @@ def main(argv: list[str] | None = None) -> int:
             output.mkdir(parents=True, exist_ok=True)
             (output / "config.toml").write_text(cfg.to_toml())
             log.info(f"config (also in {output / 'config.toml'}):\n{cfg.to_toml()}")
-        try:
-            trainer = Trainer(cfg, world)
-            trainer.fit()
-        except ConfigError as err:
-            if world.is_main:
-                print(f"train: error: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        stopped_by = fit(cfg, world)
+    except BaseException as err:
+        # The failed frames hold the trainer, and with it DDP's reducer: let them go before the
+        # process group does (see close_world). The traceback keeps its lines for the error report.
+        traceback.clear_frames(err.__traceback__)
+        if not isinstance(err, ConfigError):
+            raise
+        if world.is_main:
+            print(f"train: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         close_world()
-    if trainer.stopped_by is not None:
-        log.info(f"exiting {EXIT_REQUEUE} (requeue me): stopped by {trainer.stopped_by} with the checkpoint committed")
+    if stopped_by is not None:
+        log.info(f"exiting {EXIT_REQUEUE} (requeue me): stopped by {stopped_by} with the checkpoint committed")
         return EXIT_REQUEUE
     return 0
+
+
+def fit(cfg: Config, world: World) -> str | None:
+    """Train to the end or to an agreed stop; what stopped it, if anything. The trainer, and the
+    model it wraps, are freed on return, before the process group is (see close_world)."""
+    trainer = Trainer(cfg, world)
+    trainer.fit()
+    return trainer.stopped_by
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -78,8 +79,21 @@ def init_world(device_choice: str) -> World:
 
 
 def close_world() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group, once nothing that wraps the model is referenced any more.
+
+    Gloo's process group joins its worker threads when it is freed, and a worker thread that is
+    dropping a finished broadcast needs the GIL to free the broadcast's tensors. Freed with the GIL
+    held, the group and its thread wait on each other forever: the rank hangs at exit instead of
+    exiting 0 (pytorch#56297; seen with 4 ranks in two containers). DDP's reducer and torch's group
+    registry both free it with the GIL held, so neither may hold the last reference: the reducer is
+    collected first, and the last reference is our own Python one, whose destructor releases the GIL.
+    """
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    world_group = dist.group.WORLD
+    dist.destroy_process_group()
+    del world_group
 
 
 def all_reduce_sum(values: list[float], world: World) -> list[float]:

@@ -27,4 +27,6 @@ trainer.fit()
 dump_dir.mkdir(parents=True, exist_ok=True)
 state = {k: v.detach().cpu() for k, v in unwrap(trainer.model).state_dict().items()}
 torch.save(state, dump_dir / f"rank{world.rank}.pt")
+# DDP must not outlive the process group it uses (see close_world).
+del trainer
 close_world()
