@@ -13,6 +13,7 @@ from launcher.cli import main
 from launcher.errors import EXIT_BAD_INPUT
 from launcher.slurm_logs import follow_lines, read_lines
 from launcher.slurm_script import render_sbatch, shell_word
+from launcher.slurm_state import JobState, parse_scontrol
 from launcher.spec import Entrypoint, JobSpec, NodeRange, SlurmOptions
 from tests.conftest import BIN, REPO
 
@@ -132,6 +133,17 @@ def test_logs_prefix_node_and_filter_by_rank(tmp_path: Path) -> None:
     calls = iter([False, True])
     lines = list(follow_lines(lambda: paths, 0, lambda: next(calls), first_poll_s=0, max_poll_s=0))
     assert lines == ["[node2] [rank0]: step 10", "[node2] [rank0]: partial"]
+
+
+def test_controller_state_is_read_from_scontrol_one_line_records() -> None:
+    running = ("JobId=12 JobName=digits UserId=root(0) JobState=RUNNING Reason=None Dependency=(null) "
+               "ReqNodeList=(null) ExcNodeList=(null) NodeList=node[1-2] BatchHost=node1 NumNodes=2\n")
+    assert parse_scontrol(running) == JobState("RUNNING", "node[1-2]")
+    assert parse_scontrol(running).describe() == "RUNNING on node[1-2]" and not parse_scontrol(running).done
+    pending = "JobId=13 JobName=x JobState=PENDING Reason=BeginTime ReqNodeList=(null) NodeList=(null)\n"
+    assert parse_scontrol(pending).describe() == "PENDING"
+    assert parse_scontrol("JobId=14 JobState=CANCELLED Reason=None NodeList=node1\n").done
+    assert parse_scontrol("") is None
 
 
 def test_slurm_options_come_from_a_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -18,10 +18,11 @@ from launcher.errors import SpecError
 from launcher.jobs import JobHandle, jobs_home
 from launcher.slurm_logs import follow_lines, read_lines
 from launcher.slurm_script import JobFiles, render_sbatch
+from launcher.slurm_state import JobState, job_state
 from launcher.spec import JobSpec
 
 # Between state checks while following logs: double from the first to the last, so a long job
-# costs the controller one sacct call a minute, not one a second.
+# costs the controller one query a minute, not one a second.
 POLL_FIRST_S, POLL_MAX_S = 1.0, 60.0
 
 
@@ -83,20 +84,23 @@ class SlurmTarget:
         handle.save()
         return handle
 
+    def state(self, handle: JobHandle) -> JobState:
+        def accounting() -> JobState:
+            info = _native_job(handle).get_info(mode="force")
+            return JobState((info.get("State") or "UNKNOWN").split()[0], info.get("NodeList", ""))
+
+        return job_state(handle.native_id, accounting)
+
     def status(self, handle: JobHandle) -> str:
-        info = _native_job(handle).get_info(mode="force")
-        state = (info.get("State") or "UNKNOWN").split()[0]
-        nodes = info.get("NodeList", "")
-        return f"{state} on {nodes}" if state != "PENDING" and nodes and nodes != "None assigned" else state
+        return self.state(handle).describe()
 
     def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
         files = JobFiles(Path(handle.folder))
         if not follow:
             yield from read_lines(files.logs(handle.native_id), rank)
             return
-        job = _native_job(handle)
         yield from follow_lines(lambda: files.logs(handle.native_id), rank,
-                                done=lambda: job.watcher.is_done(job.job_id, mode="force"),
+                                done=lambda: self.state(handle).done,
                                 first_poll_s=POLL_FIRST_S, max_poll_s=POLL_MAX_S, clock=time.monotonic)
 
     def cancel(self, handle: JobHandle) -> None:
