@@ -46,7 +46,9 @@ def ours_steps_per_s(steps: int, warmup: int, out: Path) -> float:
 def bare_steps_per_s(steps: int, warmup: int) -> float:
     result = subprocess.run([str(BIN / "torchrun"), "--nproc-per-node", "2", f"--master-port={free_port()}",
                              str(HERE / "bare_ddp.py"), str(steps), str(warmup)],
-                            check=True, env=ENV, capture_output=True, text=True)
+                            env=ENV, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"bare DDP loop exited {result.returncode}:\n{result.stderr[-3000:]}")
     return float(re.search(r"bare steps/s ([\d.]+)", result.stdout).group(1))
 
 
