@@ -18,7 +18,7 @@ venv: $(BIN)/gangrun
 DEMO := $(BIN)/gangrun run --nproc-per-node 2 -m train --config digits output_dir=runs/demo
 demo: venv
 	rm -rf runs/demo
-	@echo "== run 1: SIGTERM once step 60 is logged; the ranks save at the next step, gangrun exits 75"
+	@echo "== run 1: SIGTERM once step 60 is logged; the ranks agree to stop, save, gangrun exits 75"
 	$(DEMO) & pid=$$!; \
 	while kill -0 $$pid 2>/dev/null && ! grep -qs '"step": 60,' runs/demo/metrics.jsonl; do sleep 0.2; done; \
 	kill -TERM $$pid; wait $$pid; echo "== run 1 exited $$?"

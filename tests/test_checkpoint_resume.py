@@ -124,3 +124,17 @@ def test_reshard_1_to_2(env, tmp_path):
     source = step_dir(single, 4)
     run_ok(2, [*COMMON, f"output_dir={tmp_path}", f"checkpoint.resume={source}", "train.max_steps=4"], env, tmp_path)
     assert_models_equal(read_checkpoint(step_dir(tmp_path, 4), tmp_path / "s"), read_checkpoint(source, tmp_path / "s"))
+
+
+def test_four_ranks_resume_bit_identical(env, tmp_path):
+    # On 4 ranks the summation order of a gradient all-reduce depends on DDP's bucket layout, which
+    # differs between a resumed run's first step and the uninterrupted run's (see
+    # train.parallel.allreduce_per_parameter); on 2 ranks it cannot show.
+    four = [*COMMON, "train.micro_batch_size=12", "train.record_samples=false", "checkpoint.keep=0"]
+    reference = tmp_path / "reference"
+    run_ok(4, [*four, f"output_dir={reference}"], env, tmp_path)
+    resumed = tmp_path / "resumed"
+    output = run_ok(4, [*four, f"output_dir={resumed}", f"checkpoint.resume={step_dir(reference, 16)}"], env, tmp_path)
+    assert "(step 16, epoch 0, saved on 4 ranks)" in output
+    assert_models_equal(read_checkpoint(step_dir(resumed, STEPS), tmp_path / "s"),
+                        read_checkpoint(step_dir(reference, STEPS), tmp_path / "s"))

@@ -65,6 +65,10 @@ class TrainLoopConfig:
     micro_batch_size: int = 32
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     parallel: Literal["auto", "ddp", "fsdp", "none"] = "auto"
+    # DDP's gradient all-reduce: one per parameter keeps a resumed run bit-identical on 3 ranks or
+    # more (see train.parallel.allreduce_per_parameter), one per bucket is torch's default and
+    # faster; auto picks per_parameter only where it matters, above 2 ranks.
+    ddp_reduce: Literal["auto", "per_parameter", "bucket"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     log_every: int = 10

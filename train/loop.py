@@ -78,7 +78,7 @@ class Trainer:
             # Compile the module, then wrap it: torch.compile(DDP(m)) silently runs eagerly.
             model = torch.compile(model)
         self.mode = resolve_mode(cfg.train.parallel, world)
-        self.model = wrap_model(model, self.mode, world, cfg.train.precision)
+        self.model = wrap_model(model, self.mode, world, cfg.train.precision, cfg.train.ddp_reduce)
         self.optimizer = build_optimizer(self.model, cfg)
         min_ratio = cfg.optim.min_lr / cfg.optim.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -113,19 +113,21 @@ class Trainer:
             self.state.epoch_samples = 0
             self.sampler.start = 0
 
-    def train_step(self, batches: Iterator) -> tuple[float, float]:
-        """One optimizer step over ``accum`` micro-batches; returns (local loss, grad norm)."""
+    def train_step(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over ``accum`` micro-batches; returns (local loss, grad norm) as
+        tensors, so a GPU step does not wait for them: they are read only when logged."""
         scaler = self.precision.scaler
-        total = 0.0
+        total = torch.zeros((), device=self.world.device)
         seen: list[int] = []
         for micro in range(self.accum):
             x, y, index = next(batches)
-            seen += index.tolist()
+            if self.samples_file is not None:
+                seen += index.tolist()
             with no_grad_sync(self.model, final_micro_step=micro == self.accum - 1):
                 with self.precision.autocast():
                     loss = cross_entropy(self.model(x), y) / self.accum
                 (scaler.scale(loss) if scaler else loss).backward()
-            total += loss.item()
+            total += loss.detach()
         if scaler:
             # Clip the true gradients, not the scaled ones.
             scaler.unscale_(self.optimizer)
@@ -177,7 +179,7 @@ class Trainer:
             progress = tqdm(total=t.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True)
         batches = self.batches()
         self.stop.install()
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        window_loss, window_steps, window_start = torch.zeros((), device=self.world.device), 0, time.perf_counter()
         results: dict[str, float] = {}
         while self.state.step < t.max_steps:
             loss, grad_norm = self.train_step(batches)
@@ -186,22 +188,26 @@ class Trainer:
                 progress.update(1)
             last = self.state.step == t.max_steps
             if self.state.step % t.log_every == 0 or last:
-                mean_loss = all_reduce_sum([window_loss / window_steps], self.world)[0] / self.world.world_size
                 elapsed = time.perf_counter() - window_start
+                # Summed over ranks, so every rank paces its stop checks on the same number.
+                loss_sum, seconds_sum = all_reduce_sum([window_loss.item() / window_steps, elapsed / window_steps],
+                                                       self.world)
+                mean_loss = loss_sum / self.world.world_size
+                self.stop.pace(seconds_sum / self.world.world_size)
                 row = {"step": self.state.step, "epoch": self.state.epoch, "loss": mean_loss,
-                       "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
                        "samples_per_s": window_steps * t.global_batch_size / elapsed}
                 self.metrics.write(row)
                 log.info(f"step {row['step']:>6}  epoch {row['epoch']:>3}  loss {mean_loss:.4f}  "
-                         f"lr {row['lr']:.2e}  grad_norm {grad_norm:.3f}  {row['samples_per_s']:.0f} samples/s")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                         f"lr {row['lr']:.2e}  grad_norm {row['grad_norm']:.3f}  {row['samples_per_s']:.0f} samples/s")
+                window_loss, window_steps, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
             if (t.eval_every and self.state.step % t.eval_every == 0) or last:
                 results = self.evaluate()
                 self.metrics.write({"step": self.state.step, "epoch": self.state.epoch, **results})
                 log.info(f"eval  step {self.state.step:>6}  loss {results['eval_loss']:.4f}  "
                          f"accuracy {results['eval_accuracy']:.4f}")
                 window_start = time.perf_counter()
-            if not last and self.stop.agreed(self.world):
+            if not last and self.stop.due(self.state.step) and self.stop.agreed(self.world):
                 self.stopped_by = self.stop.name
                 log.info(f"stopping at step {self.state.step} on {self.stopped_by}: "
                          f"saving, then exiting {EXIT_REQUEUE}")
