@@ -42,13 +42,22 @@ class JobHandle:
 
 
 def load_handle(job: str) -> JobHandle:
-    """Find a handle by gangrun id (``slurm-42``) or by the engine's id alone (``42``)."""
-    home = jobs_home()
-    candidates = [home / f"{job}.json", *sorted(home.glob(f"*-{job}.json"))]
-    for path in candidates:
-        if path.is_file():
-            return JobHandle(**json.loads(path.read_text()))
-    raise SpecError("JOB", f"no job '{job}' in {home}", "see `gangrun list` for known jobs")
+    """Find a handle by gangrun id (``slurm-42``), or by the engine's own id alone (``42``).
+
+    An exact gangrun id always wins. A bare id must equal one job's engine id: never a suffix, so
+    ``42`` cannot pick a Kubernetes job named ``run-42``; two jobs with that id are an error that
+    lists both.
+    """
+    handles = list_handles()
+    for handle in handles:
+        if handle.id == job:
+            return handle
+    matches = [h for h in handles if h.native_id == job]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise SpecError("JOB", f"'{job}' is ambiguous: {', '.join(h.id for h in matches)}", "give the full id")
+    raise SpecError("JOB", f"no job '{job}' in {jobs_home()}", "see `gangrun list` for known jobs")
 
 
 def list_handles() -> list[JobHandle]:
