@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 from launcher.errors import SpecError
-from launcher.k8s_manifests import DEFAULT_IMAGE
-
+# The tag `gangrun build` makes, and the image a Kubernetes job runs when --image is not given.
+DEFAULT_IMAGE = "gangrun:latest"
 ENGINES = ("docker", "podman")
 DOCKERFILE = Path("docker") / "Dockerfile"
 

@@ -1,4 +1,9 @@
-"""`gangrun`: parse flags, build a JobSpec, hand it to a target. Nothing else lives here."""
+"""`gangrun`: parse flags, resolve the job, hand it to an engine. Nothing else lives here.
+
+Every flag comes from a field declared with launcher.options.option, and exists only where it means
+something: `run` takes what a local run reads, `submit|render --target X` the common spec plus X's
+options. A flag of another target is a one-line error (exit 2), never silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -8,116 +13,194 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__, build
-from launcher.errors import EXIT_BAD_INPUT, SpecError
-from launcher.profiles import build_spec, settable_fields
+from launcher.contract import EXIT_BAD_INPUT, EXIT_OK
+from launcher.engines import ENGINES, cluster_engine, cluster_engines
+from launcher.engines.local import ENGINE as LOCAL
+from launcher.errors import SpecError
 from launcher.jobs import list_handles, load_handle
+from launcher.options import Option, options_of
+from launcher.profiles import resolve
 from launcher.spec import Entrypoint, JobSpec, parse_env_pairs
-from launcher.targets import CLUSTER_TARGETS, get_target, local
 
-# Flags whose names differ from their field; the rest are the field name with dashes.
-_FLAG_NAMES = {"slurm.signal_grace_s": "--signal-grace"}
-_MAPPING_FLAGS = {"env": "--env", "k8s.node_selector": "--node-selector", "k8s.tolerations": "--toleration",
-                  "k8s.secret_env": "--secret-env"}
-
-
-def _flag_for(path: str) -> str:
-    return _FLAG_NAMES.get(path) or _MAPPING_FLAGS.get(path) or "--" + path.split(".")[-1].replace("_", "-")
+_DEST = "opt:"
+SPEC_COMMANDS = {
+    "run": "run locally: one torchrun agent per node on this machine",
+    "render": "print exactly what a target would run or submit, offline",
+    "submit": "submit to a cluster engine",
+}
 
 
-def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("job spec (flags > GANGRUN_* variables > gangrun.toml > defaults)")
-    group.add_argument("--profile", help="profile in gangrun.toml ([profile.NAME])")
-    group.add_argument("--profile-file", type=Path, help="profile file (default ./gangrun.toml)")
-    for path, hint in settable_fields().items():
-        flag, dest = _flag_for(path), "spec:" + path
-        if path in _MAPPING_FLAGS:
-            group.add_argument(flag, dest=dest, action="append", metavar="KEY=VALUE", help=f"{path} entry")
-        elif hint is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=path)
-        else:
-            group.add_argument(flag, dest=dest, metavar=path.split(".")[-1].upper(), help=path)
+def _targets(command: str) -> list[str]:
+    if command == "run":
+        return [LOCAL.name]
+    if command == "submit":
+        return list(cluster_engines())
+    return list(ENGINES)
+
+
+def _readers(path: str) -> list[str]:
+    """The engines that read a common JobSpec field."""
+    return [name for name, engine in ENGINES.items() if path in engine.reads]
+
+
+def _add_option(group: argparse._ArgumentGroup, opt: Option, shown: bool, note: str = "") -> None:
+    help_text = opt.help_line() + note if shown else argparse.SUPPRESS
+    dest = _DEST + opt.path
+    if opt.is_mapping:
+        group.add_argument(opt.flag, dest=dest, action="append", metavar=opt.meta.metavar or "KEY=VALUE",
+                           help=help_text)
+    elif opt.is_bool:
+        group.add_argument(opt.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    else:
+        group.add_argument(opt.flag, dest=dest, metavar=opt.meta.metavar or opt.name.upper(), help=help_text)
+
+
+def add_command_arguments(parser: argparse.ArgumentParser, command: str, target: str | None) -> None:
+    """Every flag of a spec command; those ``target`` does not read are hidden from help, but parsed,
+    so that using one is a clear error (see reject_foreign_flags). ``target=None`` shows them all."""
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    targets = _targets(command)
+    if command == "render":
+        parser.add_argument("--target", choices=targets, default=LOCAL.name,
+                            help=f"the engine to render for (default: {LOCAL.name})")
+    elif command == "submit":
+        parser.add_argument("--target", choices=targets, help="the cluster engine to submit to (required)")
+    if command in ("run", "submit"):
+        parser.add_argument("--dry-run", action="store_true", help="print what would run or be submitted; do nothing")
+    common = parser.add_argument_group("job spec (flags > GANGRUN_* variables > gangrun.toml > defaults)")
+    common.add_argument("--profile", help="the [profile.NAME] table of gangrun.toml to apply (default: none)")
+    common.add_argument("--profile-file", type=Path, metavar="PATH",
+                        help="the profile file (default: ./gangrun.toml, or $GANGRUN_CONFIG)")
+    for opt in options_of(JobSpec):
+        readers = _readers(opt.path)
+        shown = target in readers if target else any(t in readers for t in targets)
+        note = f" [{', '.join(readers)}]" if target is None and set(targets) - set(readers) else ""
+        _add_option(common, opt, shown, note)
+    for name, engine in ENGINES.items():
+        group = parser.add_argument_group(f"{engine.title} options" + (f" (--target {name})" if command != "run"
+                                                                         else ""))
+        for opt in options_of(engine.options, section=name):
+            _add_option(group, opt, shown=(target or name) == name and name in targets)
     parser.add_argument("-m", "--module", action="store_true",
-                        help="run ENTRY as a Python module (python -m ENTRY), like torchrun -m")
-    parser.add_argument("entry", metavar="ENTRY", help="script path, or module name with -m")
-    parser.add_argument("entry_args", nargs=argparse.REMAINDER, help="arguments passed to ENTRY")
+                        help="run ENTRY as a Python module (python -m ENTRY), as torchrun -m does")
+    parser.add_argument("entry", metavar="ENTRY", nargs="?", help="script path, or module name with -m")
+    parser.add_argument("entry_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments passed to ENTRY")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gangrun", description="Launch PyTorch DDP/FSDP training: locally under torchrun, on Slurm, or on Kubernetes.")
+        prog="gangrun", description="Launch PyTorch DDP/FSDP training: locally under torchrun, on Slurm, or on "
+                                    "Kubernetes. `gangrun COMMAND --help` explains each command's flags.")
     parser.add_argument("--version", action="version", version=f"gangrun {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run locally under torchrun (one agent per node on this machine)")
-    run.add_argument("--dry-run", action="store_true", help="print the exact commands and environment; run nothing")
-    _add_spec_flags(run)
-    render = sub.add_parser("render", help="print what a target would run or submit, offline")
-    render.add_argument("--target", choices=["local", *CLUSTER_TARGETS], default="local")
-    _add_spec_flags(render)
-    submit = sub.add_parser("submit", help="submit to a cluster target")
-    submit.add_argument("--target", choices=list(CLUSTER_TARGETS), required=True)
-    submit.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
-    _add_spec_flags(submit)
-    for name, text in (("status", "state of a submitted job"), ("cancel", "cancel a submitted job")):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, text in SPEC_COMMANDS.items():
+        add_command_arguments(sub.add_parser(command, help=text, add_help=False, allow_abbrev=False), command,
+                              LOCAL.name if command == "run" else None)
+    for name, text in (("status", "one line on a submitted job's state"), ("cancel", "cancel a submitted job")):
         sub.add_parser(name, help=text).add_argument("job", metavar="JOB", help="job id from submit or list")
     logs = sub.add_parser("logs", help="a submitted job's output, rank-prefixed")
-    logs.add_argument("job", metavar="JOB")
+    logs.add_argument("job", metavar="JOB", help="job id from submit or list")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
-    logs.add_argument("--rank", type=int, help="only this global rank's lines")
+    logs.add_argument("--rank", type=int, help="only this global rank's lines (default: every line)")
     sub.add_parser("list", help="jobs submitted from this machine")
     build.add_arguments(sub.add_parser("build", help="build the training image from docker/Dockerfile"))
     return parser
 
 
-def spec_from_args(args: argparse.Namespace) -> JobSpec:
+def command_help(command: str, target: str | None) -> str:
+    """`gangrun COMMAND [--target X] --help`: only the flags that command and target read."""
+    parser = argparse.ArgumentParser(prog=f"gangrun {command}", description=SPEC_COMMANDS[command], add_help=False,
+                                     allow_abbrev=False)
+    add_command_arguments(parser, command, target)
+    return parser.format_help()
+
+
+def target_of(args: argparse.Namespace) -> str:
+    if args.command == "run":
+        return LOCAL.name
+    if args.target is None:
+        raise SpecError("--target", "submit needs a cluster engine",
+                        f"use --target {' or --target '.join(cluster_engines())}")
+    return str(args.target)
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Option paths the command line set, mapping flags turned into tables."""
+    options = {opt.path: opt for opt in [*options_of(JobSpec),
+                                         *(o for n, e in ENGINES.items() for o in options_of(e.options, n))]}
     flags: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if key.startswith("spec:") and value is not None:
-            path = key[len("spec:"):]
-            flags[path] = parse_env_pairs(value) if path in _MAPPING_FLAGS else value
+        if key.startswith(_DEST) and value is not None:
+            path = key[len(_DEST):]
+            flags[path] = parse_env_pairs(value, path) if options[path].is_mapping else value
+    return flags
+
+
+def reject_foreign_flags(command: str, target: str, flags: dict[str, Any]) -> None:
+    """A flag the target does not read stops here, naming the flag and the target it belongs to."""
+    where = "`gangrun run` (a local run)" if command == "run" else f"--target {target}"
+    for path in flags:
+        section, _, name = path.rpartition(".")
+        if section:
+            if section == target:
+                continue
+            owner = ENGINES[section]
+            flag = next(o.flag for o in options_of(owner.options, section) if o.name == name)
+            use = "`gangrun run`" if section == LOCAL.name else f"`gangrun submit --target {section}`"
+            raise SpecError(flag, f"is a {owner.title} option, not read by {where}", f"use it with {use}, or drop it")
+        if path not in ENGINES[target].reads:
+            flag = next(o.flag for o in options_of(JobSpec) if o.path == path)
+            readers = ", ".join("`gangrun run`" if r == LOCAL.name else f"--target {r}" for r in _readers(path))
+            raise SpecError(flag, f"is not read by {where}", f"drop it; it is read by {readers}")
+
+
+def job_from_args(args: argparse.Namespace) -> tuple[str, JobSpec, Any]:
+    """(target, validated spec, the target's validated options) from a spec command's arguments."""
+    target = target_of(args)
+    flags = given_flags(args)
+    reject_foreign_flags(args.command, target, flags)
+    if args.entry is None:
+        raise SpecError("ENTRY", "no script or module given", "add a script path, or -m MODULE")
     entry = Entrypoint(args.entry, is_module=args.module, args=tuple(args.entry_args))
-    return build_spec(entry, flags, profile=args.profile, profile_file=args.profile_file)
+    spec, options = resolve(entry, target, flags, profile=args.profile, profile_file=args.profile_file)
+    return target, spec, options
 
 
-def render_local_text(spec: JobSpec) -> str:
-    commands = local.render_local(spec, port=29500, run_id=f"{spec.job_name}-RUNID")
-    lines = [f"# gangrun run: {len(commands)} node agent(s) on this machine; "
-             "port 29500 and RUNID are picked fresh at run time"]
-    lines += [cmd.shell_line() for cmd in commands]
-    return "\n".join(lines)
+def _spec_command(args: argparse.Namespace) -> int:
+    target, spec, options = job_from_args(args)
+    engine = ENGINES[target]
+    if args.command == "render" or args.dry_run:
+        print(engine.render(spec, options))
+        return EXIT_OK
+    if args.command == "run":
+        return LOCAL.run(spec, options)
+    handle = cluster_engine(target).submit(spec, options)
+    print(f"gangrun: submitted {handle.id} ({handle.name}); folder {handle.folder}")
+    return EXIT_OK
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    if args.command in SPEC_COMMANDS:
+        if args.help:
+            print(command_help(args.command, LOCAL.name if args.command == "run" else args.target), end="")
+            return EXIT_OK
+        return _spec_command(args)
     if args.command == "build":
         return build.run_build(args)
     if args.command == "list":
         for handle in list_handles():
             print(f"{handle.id}\t{handle.name}\t{handle.folder}")
-        return 0
-    if args.command in ("status", "logs", "cancel"):
-        handle = load_handle(args.job)
-        target = get_target(handle.target)
-        if args.command == "status":
-            print(target.status(handle))
-        elif args.command == "cancel":
-            target.cancel(handle)
-        else:
-            for line in target.logs(handle, follow=args.follow, rank=args.rank):
-                print(line, flush=True)
-        return 0
-    spec = spec_from_args(args)
-    target_name = getattr(args, "target", "local")
-    if target_name == "local":
-        if args.command == "render" or args.dry_run:
-            print(render_local_text(spec))
-            return 0
-        return local.run_local(spec)
-    target = get_target(target_name)
-    if args.command == "render" or args.dry_run:
-        print(target.render(spec))
-        return 0
-    handle = target.submit(spec)
-    print(f"gangrun: submitted {handle.id} ({handle.name}); folder {handle.folder}")
-    return 0
+        return EXIT_OK
+    handle = load_handle(args.job)
+    engine = cluster_engine(handle.target)
+    if args.command == "status":
+        print(engine.status(handle))
+    elif args.command == "cancel":
+        engine.cancel(handle)
+    else:
+        for line in engine.logs(handle, follow=args.follow, rank=args.rank):
+            print(line, flush=True)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

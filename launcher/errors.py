@@ -1,7 +1,5 @@
 """The one error type for bad input: names the field, says the fix, exits 2 before anything runs."""
 
-EXIT_BAD_INPUT = 2
-
 
 class SpecError(ValueError):
     """A job spec, profile or flag that cannot run; the message is one line: field, problem, fix."""

@@ -1,16 +1,17 @@
-"""JobSpec: what to run and at what scale, the same for every target, validated once."""
+"""JobSpec: what runs and at what scale, the same for every engine, validated once. No engine's options live here."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from launcher.errors import SpecError
+from launcher.options import option
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
-_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
+_TIME_LIMIT = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -55,15 +56,30 @@ def parse_nproc_per_node(text: str | int) -> int | Literal["auto"]:
     return value
 
 
-def parse_env_pairs(pairs: list[str]) -> dict[str, str]:
+def parse_env_pairs(pairs: list[str], field_name: str = "env") -> dict[str, str]:
     """``KEY=VALUE`` strings into a dict; the value may be empty and may hold '='."""
     env: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SpecError("env", f"'{pair}' has no '='", "write it as --env KEY=VALUE")
+            raise SpecError(field_name, f"'{pair}' has no '='", "write it as KEY=VALUE")
         env[key] = value
     return env
+
+
+def time_limit_seconds(text: str) -> int:
+    """Seconds in a ``[D-]HH:MM:SS`` time limit; SpecError (field ``time``) for anything else.
+
+    Every engine reads the limit through this one function, so a value is refused or accepted
+    alike for Slurm and Kubernetes.
+    """
+    match = _TIME_LIMIT.match(text)
+    if match is None:
+        raise SpecError("time", f"'{text}' is not HH:MM:SS or D-HH:MM:SS", "use e.g. --time 02:00:00")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    if minutes > 59 or seconds > 59:
+        raise SpecError("time", f"'{text}' has minutes or seconds above 59", "use e.g. --time 01:30:00")
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 @dataclass(frozen=True)
@@ -85,116 +101,30 @@ class Entrypoint:
         return base.removesuffix(".py") or "job"
 
 
-# Slurm names: what sbatch accepts and nothing a shell or an #SBATCH line would read differently.
-_SLURM_WORD = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_SLURM_PARTITIONS = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
-_SLURM_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.\-&|\[\]*:,()!]+$")
-_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-/~+=,@]+$")
-# sbatch --signal takes sig_time as an integer 0-65535 (sbatch(1)).
-MAX_SIGNAL_GRACE_S = 65535
-
-
-def time_limit_seconds(text: str) -> int:
-    """Seconds in a validated ``[D-]HH:MM:SS`` time limit (every target reads the same limit)."""
-    days, hours, minutes, seconds = _SLURM_TIME.match(text).groups()  # type: ignore[union-attr]
-    return ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """Options only the Slurm target reads."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    cpus_per_task: int | None = None
-    mem: str | None = None
-    signal_grace_s: int = 120
-    requeue: bool = True
-    max_requeues: int = 3
-    # Where the batch script and logs go; the compute nodes must see it (default ~/.gangrun/slurm).
-    job_dir: str | None = None
-    # The Python on the compute nodes that has gangrun and torch (default: the one running gangrun).
-    python: str | None = None
-
-    def validate(self, time: str | None) -> None:
-        """Check what sbatch would read, so a bad value stops here and nothing is submitted."""
-        names = {"partition": (self.partition, _SLURM_PARTITIONS, "e.g. --partition gpu or gpu,debug"),
-                 "account": (self.account, _SLURM_WORD, "e.g. --account my-project"),
-                 "qos": (self.qos, _SLURM_WORD, "e.g. --qos high"),
-                 "constraint": (self.constraint, _SLURM_CONSTRAINT, "e.g. --constraint 'a100&ib'"),
-                 "mem": (self.mem, _SLURM_MEM, "use a size like 64G or 0 for all of the node's memory")}
-        for name, (value, pattern, fix) in names.items():
-            if value is not None and not pattern.match(value):
-                raise SpecError(f"slurm.{name}", f"'{value}' is not a Slurm {name}", fix)
-        if self.cpus_per_task is not None and self.cpus_per_task < 1:
-            raise SpecError("slurm.cpus_per_task", f"{self.cpus_per_task}", "use 1 or more")
-        if not 1 <= self.signal_grace_s <= MAX_SIGNAL_GRACE_S:
-            raise SpecError("slurm.signal_grace_s", f"{self.signal_grace_s} seconds",
-                            f"use 1 to {MAX_SIGNAL_GRACE_S} (sbatch --signal's limit)")
-        if self.max_requeues < 0:
-            raise SpecError("slurm.max_requeues", f"{self.max_requeues} is negative", "use 0 or more")
-        for name, value in (("job_dir", self.job_dir), ("python", self.python)):
-            if value is not None and not _SAFE_PATH.match(value):
-                raise SpecError(f"slurm.{name}", f"'{value}' has spaces, quotes or shell characters",
-                                "use a plain path")
-        if time is not None and _SLURM_TIME.match(time):
-            _, _, minutes, seconds = _SLURM_TIME.match(time).groups()  # type: ignore[union-attr]
-            if int(minutes) > 59 or int(seconds) > 59:
-                raise SpecError("time", f"'{time}' has minutes or seconds above 59", "use e.g. --time 01:30:00")
-            if self.requeue and time_limit_seconds(time) <= self.signal_grace_s:
-                raise SpecError("slurm.signal_grace_s", f"{self.signal_grace_s} s is not shorter than --time {time}",
-                                "ask for more time or a shorter --signal-grace")
-
-
-K8S_KINDS = ("job", "jobset", "trainjob", "pytorchjob")
-
-
-@dataclass(frozen=True)
-class K8sOptions:
-    """Options only the Kubernetes target reads (rendered by launcher.k8s_manifests)."""
-
-    namespace: str | None = None
-    kind: str = "job"
-    service_account: str | None = None
-    node_selector: dict[str, str] = field(default_factory=dict)
-    # Taint key -> effect it tolerates (operator Exists), e.g. nvidia.com/gpu=NoSchedule.
-    tolerations: dict[str, str] = field(default_factory=dict)
-    cpu: str | None = None
-    memory: str | None = None
-    # Memory-backed /dev/shm; the container runtime's default of 64 MB starves DataLoader workers.
-    shm_size: str = "8Gi"
-    # A ReadWriteMany PVC mounted at checkpoint_mount on every node.
-    checkpoint_pvc: str | None = None
-    checkpoint_mount: str = "/checkpoints"
-    # VAR -> SECRET:KEY: object-store credentials read from a Secret by reference, never inline.
-    secret_env: dict[str, str] = field(default_factory=dict)
-    # Seconds a rank needs to save after SIGTERM; the pod's grace period is set above it.
-    checkpoint_budget_s: int = 120
-    # Whole-gang restarts (JobSet failurePolicy.maxRestarts; Indexed Job backoffLimit per node).
-    gang_restarts: int = 0
-    # TrainJob only: the (Cluster)TrainingRuntime to run on.
-    runtime: str = "torch-distributed"
-
-
 @dataclass(frozen=True)
 class JobSpec:
-    """One job: what runs, on how many nodes and processes, with which environment, where."""
+    """One job: what runs, on how many nodes and processes, with which environment, for how long."""
 
     entrypoint: Entrypoint
-    name: str = ""
-    nnodes: NodeRange = NodeRange(1, 1)
-    nproc_per_node: int | Literal["auto"] = 1
-    max_restarts: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-    rdzv_endpoint: str | None = None
-    image: str | None = None
-    gpus_per_node: int = 0
-    time: str | None = None
-    slurm: SlurmOptions = SlurmOptions()
-    k8s: K8sOptions = K8sOptions()
+    name: str = option("", help="the job's name: the Slurm job, the Kubernetes objects, the run id",
+                       default_text="the script's or module's name")
+    nnodes: NodeRange = option(NodeRange(1, 1), metavar="N|MIN:MAX", parse=parse_nnodes,
+                               help="nodes, each running one torchrun agent; MIN:MAX is an elastic range")
+    nproc_per_node: int | Literal["auto"] = option(
+        1, metavar="K|auto", parse=parse_nproc_per_node,
+        help="worker processes per node; auto means one per GPU, else one per CPU (torchrun's rule)")
+    max_restarts: int = option(0, metavar="R",
+                               help="times torchrun restarts all workers after one fails, before it gives up")
+    env: dict[str, str] = option(metavar="KEY=VALUE", default_factory=dict,
+                                 help="a variable every worker gets; repeat the flag for more")
+    rdzv_endpoint: str | None = option(
+        None, metavar="HOST:PORT", help="where every node's agent meets (c10d rendezvous)",
+        default_text="a free loopback port locally; the allocation's first host on Slurm")
+    image: str | None = option(None, help="the container image every node runs",
+                               default_text="gangrun:latest, the tag `gangrun build` makes")
+    gpus_per_node: int = option(0, metavar="G", help="GPUs each node asks the scheduler for")
+    time: str | None = option(None, metavar="[D-]HH:MM:SS",
+                              help="time limit of the whole job, after which the scheduler stops it")
 
     @property
     def job_name(self) -> str:
@@ -216,22 +146,12 @@ class JobSpec:
         for key in self.env:
             if not _ENV_NAME.match(key):
                 raise SpecError("env", f"'{key}' is not a valid variable name", "use letters, digits and _")
-        if self.rdzv_endpoint is not None and not _HOST_PORT.match(self.rdzv_endpoint):
-            raise SpecError("rdzv_endpoint", f"'{self.rdzv_endpoint}' is not HOST:PORT",
-                            "use e.g. --rdzv-endpoint node0:29400")
-        if self.rdzv_endpoint is not None and not 0 < int(self.rdzv_endpoint.rsplit(":", 1)[1]) < 65536:
-            raise SpecError("rdzv_endpoint", f"port in '{self.rdzv_endpoint}' is out of range", "use 1-65535")
-        if self.time is not None and not _SLURM_TIME.match(self.time):
-            raise SpecError("time", f"'{self.time}' is not HH:MM:SS or D-HH:MM:SS", "use e.g. --time 02:00:00")
-        if self.slurm.signal_grace_s < 1:
-            raise SpecError("slurm.signal_grace_s", f"{self.slurm.signal_grace_s} seconds", "use 1 or more")
-        if self.k8s.kind not in K8S_KINDS:
-            raise SpecError("k8s.kind", f"'{self.k8s.kind}' is not a known kind", f"use one of: {', '.join(K8S_KINDS)}")
-        if self.k8s.checkpoint_budget_s < 1:
-            raise SpecError("k8s.checkpoint_budget_s", f"{self.k8s.checkpoint_budget_s} seconds", "use 1 or more")
-        if self.k8s.gang_restarts < 0:
-            raise SpecError("k8s.gang_restarts", f"{self.k8s.gang_restarts} is negative", "use 0 or more")
-        if self.slurm.max_requeues < 0:
-            raise SpecError("slurm.max_requeues", f"{self.slurm.max_requeues} is negative", "use 0 or more")
+        if self.rdzv_endpoint is not None:
+            if not _HOST_PORT.match(self.rdzv_endpoint):
+                raise SpecError("rdzv_endpoint", f"'{self.rdzv_endpoint}' is not HOST:PORT",
+                                "use e.g. --rdzv-endpoint node0:29400")
+            if not 0 < int(self.rdzv_endpoint.rsplit(":", 1)[1]) < 65536:
+                raise SpecError("rdzv_endpoint", f"port in '{self.rdzv_endpoint}' is out of range", "use 1-65535")
+        if self.time is not None:
+            time_limit_seconds(self.time)
         return self
-

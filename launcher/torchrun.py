@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from launcher.contract import AGENT_MODULE, LOG_PREFIX_TEMPLATE, SAFE_PATH_FLAG
 from launcher.spec import JobSpec
-
-# Every target prefixes worker output with the *global* rank; torchrun's default `[default0]:`
-# names only the local rank, which repeats on every node.
-LOG_PREFIX_TEMPLATE = "[rank${rank}]: "
 
 
 @dataclass(frozen=True)
@@ -58,3 +55,12 @@ def torchrun_args(spec: JobSpec, rdzv: Rendezvous, log_dir: str | None = None) -
         args.append(f"--log-dir={log_dir}")
     args += ["--tee=3", f"--log-line-prefix-template={LOG_PREFIX_TEMPLATE}"]
     return [*args, *spec.entrypoint.argv()]
+
+
+def agent_launch(python: str) -> list[str]:
+    """How every engine starts a node's agent: ``python -P -m launcher.agent``.
+
+    ``-P`` (Python 3.11+) keeps the working directory off ``sys.path``, so a user's own
+    ``launcher/`` package next to their script can never run in place of the agent.
+    """
+    return [python, SAFE_PATH_FLAG, "-m", AGENT_MODULE]

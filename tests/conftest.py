@@ -31,3 +31,11 @@ def gangrun(*args: str, env: dict[str, str], cwd: Path, timeout: int = 300) -> s
     """Run the installed `gangrun` CLI as a user would, capturing its output."""
     return subprocess.run([str(BIN / "gangrun"), *args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)
+
+
+def plant_decoys(folder: Path) -> None:
+    """A user's own train.py and launcher/ package in ``folder``: neither may ever run in place of ours."""
+    (folder / "train.py").write_text("raise SystemExit('DECOY: the user train.py ran')\n")
+    (folder / "launcher").mkdir(exist_ok=True)
+    (folder / "launcher" / "__init__.py").write_text("raise SystemExit('DECOY: the user launcher/ ran')\n")
+    (folder / "launcher" / "agent.py").write_text("raise SystemExit('DECOY: the user launcher/agent.py ran')\n")

@@ -15,10 +15,11 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from launcher.cli import build_parser, spec_from_args
-from launcher.k8s_manifests import COMPLETION_INDEX_ANNOTATION, PET_VARS
+from launcher.cli import build_parser, job_from_args
+from launcher.engines.k8s.manifests import COMPLETION_INDEX_ANNOTATION, PET_VARS
+from launcher.engines.k8s.options import K8sOptions
+from launcher.engines.k8s.render import render_objects
 from launcher.spec import JobSpec
-from launcher.targets.kubernetes import render_objects
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS = Path(__file__).resolve().parent / "data" / "crds"
@@ -48,8 +49,10 @@ def header_command(path: Path) -> list[str]:
     return shlex.split(" ".join(command))
 
 
-def spec_for(argv: list[str]) -> JobSpec:
-    return spec_from_args(build_parser().parse_args(argv))
+def spec_for(argv: list[str]) -> tuple[JobSpec, K8sOptions]:
+    """The spec and Kubernetes options a `gangrun render --target k8s ...` argv resolves to."""
+    _, spec, options = job_from_args(build_parser().parse_args(argv))
+    return spec, options
 
 
 def render_cases() -> dict[str, list[str]]:
@@ -61,7 +64,7 @@ def render_cases() -> dict[str, list[str]]:
 
 
 def rendered(argv: list[str]) -> list[dict[str, Any]]:
-    return render_objects(spec_for(argv))
+    return render_objects(*spec_for(argv))
 
 
 @lru_cache(maxsize=None)
@@ -112,7 +115,7 @@ def controller_env(obj_kind: str, name: str, node_rank: int, container: dict[str
     """The environment a controller gives node ``node_rank``'s container, as its source code does.
 
     Indexed Job/JobSet: our own env list, with the completion-index fieldRef resolved. Trainer v2.3's
-    torch plugin and training-operator v1.9 inject PET_* themselves (see launcher.k8s_manifests).
+    torch plugin and training-operator v1.9 inject PET_* themselves (see launcher.engines.k8s.manifests).
     """
     env: dict[str, str] = {}
     for entry in container.get("env", []):

@@ -59,5 +59,5 @@ def test_dry_run_prints_and_runs_nothing(gangrun_env, tmp_path):
     assert result.returncode == 0
     command = result.stdout.strip().splitlines()[-1]
     assert command.startswith("PYTHONUNBUFFERED=1 OMP_NUM_THREADS=")
-    assert " A=1 " in command and "-m launcher.agent --nnodes=1 --nproc-per-node=2" in command
+    assert " A=1 " in command and "-P -m launcher.agent --nnodes=1 --nproc-per-node=2" in command
     assert command.endswith(f"{script} --x y")

@@ -10,8 +10,9 @@ import pytest
 
 from launcher.cli import main
 from launcher.errors import SpecError
-from launcher.k8s_checks import check_objects
-from launcher.k8s_manifests import PET_VARS, form_of
+from launcher.contract import AGENT_MODULE, SAFE_PATH_FLAG
+from launcher.engines.k8s.checks import check_objects
+from launcher.engines.k8s.manifests import PET_VARS, form_of
 from tests.k8s_cases import GOLDEN, KINDS, REPO, controller_env, load_stream, pod_container, render_cases, \
     rendered, spec_for, workload
 
@@ -55,7 +56,7 @@ def test_one_environment_contract(kind):
     objects = rendered(argv)
     obj = workload(objects)
     container, command = pod_container(obj)
-    form = form_of(spec_for(argv))
+    form = form_of(*spec_for(argv))
     for node in range(3):
         env = controller_env(obj["kind"], "demo", node, container, nnodes=3, nproc="1")
         assert env["PET_NODE_RANK"] == str(node)
@@ -63,11 +64,12 @@ def test_one_environment_contract(kind):
         assert (env["PET_NNODES"], env["PET_MASTER_PORT"]) == ("3", "29500")
     assert {"--node-rank=$(PET_NODE_RANK)", "--master-addr=$(PET_MASTER_ADDR)",
             "--master-port=$(PET_MASTER_PORT)"} <= set(command)
-    assert command[:3] == ["python", "-m", "launcher.agent"]
+    assert command[:4] == ["python", SAFE_PATH_FLAG, "-m", AGENT_MODULE]
 
 
 def test_master_addresses_follow_each_controllers_naming():
-    names = {kind: form_of(spec_for(["render", "--kind", kind, "--name", "r", "--nnodes", "2", "x.py"])).master_addr
+    names = {kind: form_of(*spec_for(["render", "--target", "k8s", "--kind", kind, "--name", "r", "--nnodes", "2",
+                                     "x.py"])).master_addr
              for kind in KINDS}
     assert names == {"job": "r-0.r", "jobset": "r-node-0-0.r", "trainjob": "r-node-0-0.r", "pytorchjob": "r-master-0"}
 
@@ -181,7 +183,7 @@ def test_checks_catch_what_no_schema_does(case):
     objects = rendered(argv)
     edit, words = TAMPERED[case]
     with pytest.raises(SpecError, match=words.replace("/", "/")) as err:
-        check_objects(spec_for(argv), broken(objects, edit))
+        check_objects(*spec_for(argv), broken(objects, edit))
     assert "\n" not in str(err.value)
 
 
@@ -190,7 +192,7 @@ def test_trainjob_override_is_refused():
     objects = rendered(argv)
     objects[0]["spec"]["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}]}]
     with pytest.raises(SpecError, match="runtimePatches"):
-        check_objects(spec_for(argv), objects)
+        check_objects(*spec_for(argv), objects)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from launcher.jobs import JobHandle
-from launcher.targets.kubernetes import apply_argv, delete_argv, filter_rank, logs_argv, summarize_status
+from launcher.engines.k8s.kubectl import apply_argv, delete_argv, filter_rank, logs_argv, summarize_status
 
 BIN = Path(sys.executable).parent
 

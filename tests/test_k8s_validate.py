@@ -9,7 +9,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from launcher.targets.kubernetes import dump_yaml
+from launcher.engines.k8s.render import dump_yaml
 from tests.k8s_cases import K8S_VERSIONS, REPO, render_cases, rendered, validate_object, workload, yamllint
 
 CASES = render_cases()

@@ -10,28 +10,31 @@ from pathlib import Path
 import pytest
 
 from launcher.cli import main
-from launcher.errors import EXIT_BAD_INPUT
-from launcher.slurm_logs import follow_lines, read_lines
-from launcher.slurm_script import render_sbatch, shell_word
-from launcher.slurm_state import JobState, parse_scontrol
-from launcher.spec import Entrypoint, JobSpec, NodeRange, SlurmOptions
+from launcher.contract import EXIT_BAD_INPUT
+from launcher.engines.slurm.logs import follow_lines, read_lines
+from launcher.engines.slurm.options import SlurmOptions
+from launcher.engines.slurm.script import render_sbatch, shell_word
+from launcher.engines.slurm.state import JobState, parse_scontrol
+from launcher.spec import Entrypoint, JobSpec, NodeRange
 from tests.conftest import BIN, REPO
 
 GOLDEN = REPO / "tests" / "golden" / "slurm_2x8_gpu.sbatch"
 PLAIN = REPO / "slurm" / "train.sbatch"
 
 
-def two_by_eight() -> JobSpec:
-    return JobSpec(
+def two_by_eight() -> tuple[JobSpec, SlurmOptions]:
+    spec = JobSpec(
         entrypoint=Entrypoint("train", is_module=True, args=("--config", "gpt-tiny", "output_dir=/shared/runs/gpt")),
         nnodes=NodeRange(2, 2), nproc_per_node=8, gpus_per_node=8, time="04:00:00",
         env={"NCCL_DEBUG": "WARN"},
-        slurm=SlurmOptions(partition="gpu", account="ml-team", qos="high", cpus_per_task=64, mem="0"),
     ).validate()
+    return spec, SlurmOptions(partition="gpu", account="ml-team", qos="high", cpus_per_task=64, mem="0")
 
 
-def render(spec: JobSpec) -> str:
-    return render_sbatch(spec, Path("/shared/gangrun/slurm/train"), "/opt/venv/bin/python")
+def render(spec: JobSpec, options: SlurmOptions | None = None) -> str:
+    options = options or SlurmOptions()
+    options.validate(spec)
+    return render_sbatch(spec, options, Path("/shared/gangrun/slurm/train"), "/opt/venv/bin/python")
 
 
 def shellcheck(text: str, tmp_path: Path) -> None:
@@ -44,11 +47,11 @@ def shellcheck(text: str, tmp_path: Path) -> None:
 
 
 def test_two_nodes_eight_gpus_matches_golden_file() -> None:
-    assert render(two_by_eight()) == GOLDEN.read_text()
+    assert render(*two_by_eight()) == GOLDEN.read_text()
 
 
 def test_rendered_and_plain_scripts_pass_shellcheck(tmp_path: Path) -> None:
-    shellcheck(render(two_by_eight()), tmp_path)
+    shellcheck(render(*two_by_eight()), tmp_path)
     shellcheck(PLAIN.read_text(), tmp_path)
 
 
@@ -73,14 +76,14 @@ def test_only_the_rendezvous_variables_stay_live() -> None:
 
 
 def test_requeue_off_renders_no_requeue() -> None:
-    spec = JobSpec(entrypoint=Entrypoint("train", True), slurm=SlurmOptions(requeue=False)).validate()
-    text = render(spec)
+    spec = JobSpec(entrypoint=Entrypoint("train", True)).validate()
+    text = render(spec, SlurmOptions(requeue=False))
     assert "#SBATCH --no-requeue" in text and "scontrol requeue" not in text
 
 
 def _torchrun_flags(text: str) -> list[str]:
-    """torchrun's flag names, in order, from the lines after ``-m launcher.agent``."""
-    lines = text.split("-m launcher.agent \\\n", 1)[1].splitlines()
+    """torchrun's flag names, in order, from the lines after ``-P -m launcher.agent``."""
+    lines = text.split("-P -m launcher.agent \\\n", 1)[1].splitlines()
     return [re.match(r"""\s*['"]?(--[a-z-]+)""", line).group(1) for line in lines if re.match(r"""\s*['"]?--""", line)]
 
 

@@ -1,4 +1,4 @@
-"""JobSpec layering (flags > GANGRUN_* > gangrun.toml profile > defaults) and its one-line errors."""
+"""Job layering (flags > GANGRUN_* > gangrun.toml profile > defaults), per engine, and its one-line errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import SpecError
-from launcher.profiles import build_spec
+from launcher.profiles import resolve
 from launcher.spec import Entrypoint, NodeRange, parse_nnodes, parse_nproc_per_node
 
 ENTRY = Entrypoint("train", is_module=True)
@@ -20,8 +20,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults():
-    spec = build_spec(ENTRY, {}, environ={"GANGRUN_CONFIG": "/nonexistent/gangrun.toml"})
+    spec, options = resolve(ENTRY, "local", {}, environ={"GANGRUN_CONFIG": "/nonexistent/gangrun.toml"})
     assert spec.nnodes == NodeRange(1, 1) and spec.nproc_per_node == 1 and spec.job_name == "train"
+    assert options.stop_grace_s == 30
 
 
 def test_precedence_flags_over_env_over_file(tmp_path):
@@ -41,19 +42,19 @@ image = "big:1"
 qos = "high"
 """)
     environ = {"GANGRUN_MAX_RESTARTS": "5", "GANGRUN_IMAGE": "env:1"}
-    spec = build_spec(ENTRY, {"image": "flag:1", "env": {"B": "flag"}}, profile="big", profile_file=path,
-                      environ=environ)
+    spec, slurm = resolve(ENTRY, "slurm", {"image": "flag:1", "env": {"B": "flag"}}, profile="big",
+                          profile_file=path, environ=environ)
     assert spec.nnodes == NodeRange(2, 4)
     assert spec.nproc_per_node == 2
     assert spec.max_restarts == 5
     assert spec.image == "flag:1"
     assert spec.env == {"A": "file", "B": "flag"}
-    assert spec.slurm.partition == "cpu" and spec.slurm.qos == "high"
+    assert slurm.partition == "cpu" and slurm.qos == "high"
 
 
 def test_profile_from_environment(tmp_path):
     path = write(tmp_path, "[profile.two]\nnproc_per_node = 2\n")
-    spec = build_spec(ENTRY, {}, environ={"GANGRUN_PROFILE": "two", "GANGRUN_CONFIG": str(path)})
+    spec, _ = resolve(ENTRY, "local", {}, environ={"GANGRUN_PROFILE": "two", "GANGRUN_CONFIG": str(path)})
     assert spec.nproc_per_node == 2
 
 
@@ -69,7 +70,7 @@ def test_profile_from_environment(tmp_path):
 def test_bad_profile_names_the_field(tmp_path, text, field):
     path = write(tmp_path, text)
     with pytest.raises(SpecError) as err:
-        build_spec(ENTRY, {}, profile_file=path, environ={})
+        resolve(ENTRY, "slurm", {}, profile_file=path, environ={})
     message = str(err.value)
     assert field in message and "\n" not in message
 
@@ -77,7 +78,7 @@ def test_bad_profile_names_the_field(tmp_path, text, field):
 def test_unknown_profile_lists_the_known_ones(tmp_path):
     path = write(tmp_path, "[profile.a]\n[profile.b]\n")
     with pytest.raises(SpecError, match="use one of: a, b"):
-        build_spec(ENTRY, {}, profile="c", profile_file=path, environ={})
+        resolve(ENTRY, "local", {}, profile="c", profile_file=path, environ={})
 
 
 @pytest.mark.parametrize("text", ["0", "3:2", "x", "1:2:3", "-1"])
@@ -102,5 +103,5 @@ def test_nproc_auto_and_numbers():
 ])
 def test_validation(flags, field):
     with pytest.raises(SpecError) as err:
-        build_spec(ENTRY, flags, environ={"GANGRUN_CONFIG": "/nonexistent"})
+        resolve(ENTRY, "local", flags, environ={"GANGRUN_CONFIG": "/nonexistent"})
     assert str(err.value).startswith(field)

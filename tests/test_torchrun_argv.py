@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from launcher.engines.local.render import render_local
 from launcher.spec import Entrypoint, JobSpec, NodeRange
-from launcher.targets.local import render_local
 from launcher.torchrun import Rendezvous, torchrun_args
 
 TRAIN = Entrypoint("train", is_module=True, args=("--config", "digits"))
@@ -42,10 +42,10 @@ def test_elastic_range_and_rdzv_conf():
 def test_local_one_node_is_static_and_sets_threads():
     spec = JobSpec(entrypoint=TRAIN, nproc_per_node=2, env={"FOO": "a b"})
     [agent] = render_local(spec, port=1234, run_id="x", python="py", cpu_count=8, environ={})
-    assert agent.argv[:3] == ["py", "-m", "launcher.agent"]
+    assert agent.argv[:4] == ["py", "-P", "-m", "launcher.agent"]
     assert "--master-port=1234" in agent.argv and "--rdzv-backend=c10d" not in agent.argv
     assert agent.env == {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4", "FOO": "a b"}
-    assert agent.shell_line().startswith("PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 FOO='a b' py -m launcher.agent")
+    assert agent.shell_line().startswith("PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 FOO='a b' py -P -m launcher.agent")
 
 
 def test_local_two_nodes_share_one_c10d_endpoint():

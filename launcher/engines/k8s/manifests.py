@@ -15,15 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from launcher.build import DEFAULT_IMAGE
+from launcher.contract import EXIT_BAD_INPUT
+from launcher.engines.k8s.options import K8sOptions
 from launcher.spec import JobSpec, time_limit_seconds
-from launcher.torchrun import Rendezvous, torchrun_args
+from launcher.torchrun import Rendezvous, agent_launch, torchrun_args
 
 Obj = dict[str, Any]
 
-DEFAULT_IMAGE = "gangrun:latest"
 MASTER_PORT = 29500
-# Exit status of bad input (launcher.errors.EXIT_BAD_INPUT, train's config errors): retrying won't help.
-BAD_INPUT_EXIT = 2
 # Time after the checkpoint budget for torchrun to stop its workers and the pod to exit.
 GRACE_MARGIN_S = 30
 JOB_LABEL = "gangrun/job"
@@ -50,10 +50,10 @@ class Form:
     injects_pet: bool
 
 
-def form_of(spec: JobSpec) -> Form:
-    """Names the controller of ``spec.k8s.kind`` gives its pods (see each upstream's naming)."""
+def form_of(spec: JobSpec, k8s: K8sOptions) -> Form:
+    """Names the controller of ``k8s.kind`` gives its pods (see each upstream's naming)."""
     name, last = spec.job_name, spec.nnodes.max - 1
-    kind = spec.k8s.kind
+    kind = k8s.kind
     if kind == "job":
         # Indexed Job pods are <job>-<index>, in the Service named by subdomain (here: the job's name).
         return Form(kind, f"{name}-0.{name}", f"{name}-{last}", injects_pet=False)
@@ -78,41 +78,41 @@ def container_command(spec: JobSpec) -> list[str]:
         rdzv = Rendezvous("c10d", "$(PET_MASTER_ADDR)", "$(PET_MASTER_PORT)", run_id=spec.job_name)
     else:
         rdzv = Rendezvous("static", "$(PET_MASTER_ADDR)", "$(PET_MASTER_PORT)", node_rank="$(PET_NODE_RANK)")
-    return ["python", "-m", "launcher.agent", *torchrun_args(spec, rdzv)]
+    return [*agent_launch("python"), *torchrun_args(spec, rdzv)]
 
 
-def pet_env(spec: JobSpec) -> list[Obj]:
+def pet_env(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
     """The contract as we write it for the Indexed Job and JobSet forms."""
     return [
         {"name": "PET_NNODES", "value": str(spec.nnodes)},
         {"name": "PET_NPROC_PER_NODE", "value": str(spec.nproc_per_node)},
         {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
-        {"name": "PET_MASTER_ADDR", "value": form_of(spec).master_addr},
+        {"name": "PET_MASTER_ADDR", "value": form_of(spec, k8s).master_addr},
         {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
     ]
 
 
-def user_env(spec: JobSpec) -> list[Obj]:
+def user_env(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
     """The spec's variables, then each ``secret_env`` entry as a secretKeyRef (never the value)."""
     # torchrun gives workers 30 s after SIGTERM before SIGKILL unless told otherwise (torch 2.14 reads
     # this variable); the checkpoint budget is what a save at the next step boundary may take.
-    env: list[Obj] = [{"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(spec.k8s.checkpoint_budget_s)}]
+    env: list[Obj] = [{"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(k8s.checkpoint_budget_s)}]
     env += [{"name": key, "value": value} for key, value in spec.env.items()]
-    for var, ref in spec.k8s.secret_env.items():
+    for var, ref in k8s.secret_env.items():
         secret, _, key = ref.partition(":")
         env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     return env
 
 
-def resources(spec: JobSpec) -> Obj:
+def resources(spec: JobSpec, k8s: K8sOptions) -> Obj:
     """Requests and limits; GPUs are requested and limited alike (extended resources must be)."""
     requests: Obj = {}
     limits: Obj = {}
-    if spec.k8s.cpu:
-        requests["cpu"] = spec.k8s.cpu
-    if spec.k8s.memory:
-        requests["memory"] = limits["memory"] = spec.k8s.memory
+    if k8s.cpu:
+        requests["cpu"] = k8s.cpu
+    if k8s.memory:
+        requests["memory"] = limits["memory"] = k8s.memory
     if spec.gpus_per_node:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = spec.gpus_per_node
     out: Obj = {}
@@ -123,13 +123,13 @@ def resources(spec: JobSpec) -> Obj:
     return out
 
 
-def volumes(spec: JobSpec) -> tuple[list[Obj], list[Obj]]:
+def volumes(spec: JobSpec, k8s: K8sOptions) -> tuple[list[Obj], list[Obj]]:
     """(pod volumes, container mounts): always /dev/shm in memory, plus the checkpoint PVC if given."""
-    vols: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.k8s.shm_size}}]
+    vols: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shm_size}}]
     mounts: list[Obj] = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    if spec.k8s.checkpoint_pvc:
-        vols.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.k8s.checkpoint_pvc}})
-        mounts.append({"name": "checkpoints", "mountPath": spec.k8s.checkpoint_mount})
+    if k8s.checkpoint_pvc:
+        vols.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": k8s.checkpoint_pvc}})
+        mounts.append({"name": "checkpoints", "mountPath": k8s.checkpoint_mount})
     return vols, mounts
 
 
@@ -142,32 +142,32 @@ def pod_security() -> Obj:
     return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}
 
 
-def scheduling(spec: JobSpec) -> Obj:
+def scheduling(spec: JobSpec, k8s: K8sOptions) -> Obj:
     out: Obj = {}
-    if spec.k8s.node_selector:
-        out["nodeSelector"] = dict(spec.k8s.node_selector)
-    if spec.k8s.tolerations:
+    if k8s.node_selector:
+        out["nodeSelector"] = dict(k8s.node_selector)
+    if k8s.tolerations:
         out["tolerations"] = [{"key": key, "operator": "Exists", "effect": effect}
-                              for key, effect in spec.k8s.tolerations.items()]
-    if spec.k8s.service_account:
-        out["serviceAccountName"] = spec.k8s.service_account
+                              for key, effect in k8s.tolerations.items()]
+    if k8s.service_account:
+        out["serviceAccountName"] = k8s.service_account
     return out
 
 
-def grace_period_s(spec: JobSpec) -> int:
-    return spec.k8s.checkpoint_budget_s + GRACE_MARGIN_S
+def grace_period_s(spec: JobSpec, k8s: K8sOptions) -> int:
+    return k8s.checkpoint_budget_s + GRACE_MARGIN_S
 
 
-def container(spec: JobSpec, env: list[Obj], port_name: str) -> Obj:
-    _, mounts = volumes(spec)
+def container(spec: JobSpec, k8s: K8sOptions, env: list[Obj], port_name: str) -> Obj:
+    _, mounts = volumes(spec, k8s)
     out: Obj = {
-        "name": CONTAINER_NAMES[spec.k8s.kind],
+        "name": CONTAINER_NAMES[k8s.kind],
         "image": spec.image or DEFAULT_IMAGE,
         "command": container_command(spec),
         "env": env,
     }
     out["ports"] = [{"name": port_name, "containerPort": MASTER_PORT, "protocol": "TCP"}]
-    res = resources(spec)
+    res = resources(spec, k8s)
     if res:
         out["resources"] = res
     out["volumeMounts"] = mounts
@@ -175,14 +175,15 @@ def container(spec: JobSpec, env: list[Obj], port_name: str) -> Obj:
     return out
 
 
-def pod_template(spec: JobSpec, env: list[Obj], port_name: str = "rdzv", subdomain: str | None = None) -> Obj:
-    vols, _ = volumes(spec)
-    pod: Obj = {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace_period_s(spec)}
+def pod_template(spec: JobSpec, k8s: K8sOptions, env: list[Obj], port_name: str = "rdzv",
+                 subdomain: str | None = None) -> Obj:
+    vols, _ = volumes(spec, k8s)
+    pod: Obj = {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace_period_s(spec, k8s)}
     if subdomain is not None:
         pod["subdomain"] = subdomain
-    pod.update(scheduling(spec))
+    pod.update(scheduling(spec, k8s))
     pod["securityContext"] = pod_security()
-    pod["containers"] = [container(spec, env, port_name)]
+    pod["containers"] = [container(spec, k8s, env, port_name)]
     pod["volumes"] = vols
     return {"metadata": {"labels": labels(spec)}, "spec": pod}
 
@@ -191,24 +192,24 @@ def labels(spec: JobSpec) -> dict[str, str]:
     return {JOB_LABEL: spec.job_name}
 
 
-def metadata(spec: JobSpec) -> Obj:
+def metadata(spec: JobSpec, k8s: K8sOptions) -> Obj:
     meta: Obj = {"name": spec.job_name}
-    if spec.k8s.namespace:
-        meta["namespace"] = spec.k8s.namespace
+    if k8s.namespace:
+        meta["namespace"] = k8s.namespace
     meta["labels"] = labels(spec)
     return meta
 
 
-def pod_failure_policy(spec: JobSpec) -> Obj:
+def pod_failure_policy(spec: JobSpec, k8s: K8sOptions) -> Obj:
     """Fail the whole Job on bad input; don't count pods evicted or preempted by the cluster."""
     return {"rules": [
-        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAMES[spec.k8s.kind],
-                                              "operator": "In", "values": [BAD_INPUT_EXIT]}},
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAMES[k8s.kind],
+                                              "operator": "In", "values": [EXIT_BAD_INPUT]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
     ]}
 
 
-def indexed_job_spec(spec: JobSpec, subdomain: str, backoff_limit: int) -> Obj:
+def indexed_job_spec(spec: JobSpec, k8s: K8sOptions, subdomain: str, backoff_limit: int) -> Obj:
     """One pod per node, index = node rank; one failed pod fails the Job and stops the others."""
     nodes = spec.nnodes.max
     job: Obj = {
@@ -216,21 +217,21 @@ def indexed_job_spec(spec: JobSpec, subdomain: str, backoff_limit: int) -> Obj:
         "completions": nodes,
         "parallelism": nodes,
         "backoffLimit": backoff_limit,
-        "podFailurePolicy": pod_failure_policy(spec),
+        "podFailurePolicy": pod_failure_policy(spec, k8s),
     }
     deadline = time_limit_s(spec.time)
     if deadline is not None:
         job["activeDeadlineSeconds"] = deadline
-    job["template"] = pod_template(spec, [*pet_env(spec), *user_env(spec)], subdomain=subdomain)
+    job["template"] = pod_template(spec, k8s, [*pet_env(spec, k8s), *user_env(spec, k8s)], subdomain=subdomain)
     return job
 
 
-def headless_service(spec: JobSpec) -> Obj:
+def headless_service(spec: JobSpec, k8s: K8sOptions) -> Obj:
     """Gives every pod a DNS name; publishNotReadyAddresses so rank 0 resolves before it is Ready."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(spec),
+        "metadata": metadata(spec, k8s),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -240,23 +241,23 @@ def headless_service(spec: JobSpec) -> Obj:
     }
 
 
-def render_job(spec: JobSpec) -> list[Obj]:
+def render_job(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
     # A crash on one node fails every node's pod, so each gang restart costs up to nnodes failures.
-    job = {"apiVersion": API_VERSIONS["job"], "kind": "Job", "metadata": metadata(spec),
-           "spec": indexed_job_spec(spec, spec.job_name, spec.k8s.gang_restarts * spec.nnodes.max)}
-    return [headless_service(spec), job]
+    job = {"apiVersion": API_VERSIONS["job"], "kind": "Job", "metadata": metadata(spec, k8s),
+           "spec": indexed_job_spec(spec, k8s, spec.job_name, k8s.gang_restarts * spec.nnodes.max)}
+    return [headless_service(spec, k8s), job]
 
 
-def render_jobset(spec: JobSpec) -> list[Obj]:
-    job_spec = indexed_job_spec(spec, spec.job_name, backoff_limit=0)
+def render_jobset(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
+    job_spec = indexed_job_spec(spec, k8s, spec.job_name, backoff_limit=0)
     return [{
         "apiVersion": API_VERSIONS["jobset"],
         "kind": "JobSet",
-        "metadata": metadata(spec),
+        "metadata": metadata(spec, k8s),
         "spec": {
             # Any failed Job restarts the whole gang, up to maxRestarts; bad input fails it at once.
             "failurePolicy": {
-                "maxRestarts": spec.k8s.gang_restarts,
+                "maxRestarts": k8s.gang_restarts,
                 "rules": [{"name": "bad-input", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}],
             },
             "network": {"enableDNSHostnames": True, "subdomain": spec.job_name, "publishNotReadyAddresses": True},
@@ -265,31 +266,31 @@ def render_jobset(spec: JobSpec) -> list[Obj]:
     }]
 
 
-def render_trainjob(spec: JobSpec) -> list[Obj]:
+def render_trainjob(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
     """Kubeflow Trainer v2.3: the runtime owns the JobSet; we patch in what its default lacks.
 
     v2.3 takes pod changes through ``runtimePatches`` (``podTemplateOverrides`` is rejected). The
     patchable pod fields do not include restartPolicy or podFailurePolicy: those are the runtime's.
     """
-    vols, mounts = volumes(spec)
+    vols, mounts = volumes(spec, k8s)
     trainer: Obj = {"image": spec.image or DEFAULT_IMAGE, "command": container_command(spec),
                     "numNodes": spec.nnodes.max}
     if isinstance(spec.nproc_per_node, int):
         trainer["numProcPerNode"] = spec.nproc_per_node
-    res = resources(spec)
+    res = resources(spec, k8s)
     if res:
         trainer["resourcesPerNode"] = res
-    env = user_env(spec)
+    env = user_env(spec, k8s)
     if env:
         trainer["env"] = env
-    pod: Obj = {"terminationGracePeriodSeconds": grace_period_s(spec)}
-    pod.update(scheduling(spec))
+    pod: Obj = {"terminationGracePeriodSeconds": grace_period_s(spec, k8s)}
+    pod.update(scheduling(spec, k8s))
     pod["securityContext"] = pod_security()
     pod["volumes"] = vols
     patch_container: Obj = {"name": CONTAINER_NAMES["trainjob"], "volumeMounts": mounts,
                             "securityContext": container_security()}
     pod["containers"] = [patch_container]
-    body: Obj = {"runtimeRef": {"name": spec.k8s.runtime}}
+    body: Obj = {"runtimeRef": {"name": k8s.runtime}}
     deadline = time_limit_s(spec.time)
     if deadline is not None:
         body["activeDeadlineSeconds"] = deadline
@@ -301,30 +302,30 @@ def render_trainjob(spec: JobSpec) -> list[Obj]:
             "template": {"spec": {"template": {"metadata": {"labels": labels(spec)}, "spec": pod}}},
         }]}}},
     }]
-    return [{"apiVersion": API_VERSIONS["trainjob"], "kind": "TrainJob", "metadata": metadata(spec), "spec": body}]
+    return [{"apiVersion": API_VERSIONS["trainjob"], "kind": "TrainJob", "metadata": metadata(spec, k8s), "spec": body}]
 
 
-def render_pytorchjob(spec: JobSpec) -> list[Obj]:
+def render_pytorchjob(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
     """Kubeflow training-operator v1 (legacy): one Master, nnodes-1 Workers, container ``pytorch``.
 
     The operator reads the master port from the container port named ``pytorchjob-port``.
     """
     def template() -> Obj:
         # A fresh object per replica type: a shared one would be dumped as a YAML anchor and alias.
-        return pod_template(spec, user_env(spec), port_name="pytorchjob-port")
+        return pod_template(spec, k8s, user_env(spec, k8s), port_name="pytorchjob-port")
 
     replicas: Obj = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template()}}
     if spec.nnodes.max > 1:
         replicas["Worker"] = {"replicas": spec.nnodes.max - 1, "restartPolicy": "Never", "template": template()}
     # Never + cleanPodPolicy Running: the first failed pod fails the job and the others are stopped.
-    run_policy: Obj = {"cleanPodPolicy": "Running", "backoffLimit": spec.k8s.gang_restarts}
+    run_policy: Obj = {"cleanPodPolicy": "Running", "backoffLimit": k8s.gang_restarts}
     deadline = time_limit_s(spec.time)
     if deadline is not None:
         run_policy["activeDeadlineSeconds"] = deadline
     return [{
         "apiVersion": API_VERSIONS["pytorchjob"],
         "kind": "PyTorchJob",
-        "metadata": metadata(spec),
+        "metadata": metadata(spec, k8s),
         "spec": {"nprocPerNode": str(spec.nproc_per_node), "runPolicy": run_policy,
                  "pytorchReplicaSpecs": replicas},
     }]
@@ -333,6 +334,6 @@ def render_pytorchjob(spec: JobSpec) -> list[Obj]:
 RENDERERS = {"job": render_job, "jobset": render_jobset, "trainjob": render_trainjob, "pytorchjob": render_pytorchjob}
 
 
-def build_objects(spec: JobSpec) -> list[Obj]:
+def build_objects(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
     """Every object ``kubectl apply`` gets for ``spec``, in apply order (Service before its pods)."""
-    return RENDERERS[spec.k8s.kind](spec)
+    return RENDERERS[k8s.kind](spec, k8s)

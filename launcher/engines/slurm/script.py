@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import __version__
+from launcher.contract import EXIT_REQUEUE, NOTICE_SIGNAL
+from launcher.engines.slurm.options import SlurmOptions
 from launcher.spec import JobSpec
-from launcher.torchrun import Rendezvous, torchrun_args
+from launcher.torchrun import Rendezvous, agent_launch, torchrun_args
 
-# Training's "I saved; requeue me" exit code (train/signals.py EXIT_REQUEUE; issue 3's contract).
-EXIT_REQUEUE = 75
-# Not USR1: NCCL takes it. Without "B:", Slurm sends it to every process of every step, so each
-# worker gets it directly (measured: scancel --signal=USR2 and --signal=USR2@50 alike).
-NOTICE_SIGNAL = "USR2"
+# Without "B:", Slurm sends the notice to every process of every step, so each worker gets it
+# directly (measured: scancel --signal=USR2 and --signal=USR2@50 alike).
+NOTICE = NOTICE_SIGNAL.name.removeprefix("SIG")
 # torchrun's c10d store port: from the job id, so jobs sharing a head node do not collide, and
 # below Linux's ephemeral range (32768+) so no outgoing connection holds it.
 PORT_BASE, PORT_SPAN = 20000, 12000
@@ -67,15 +67,14 @@ def shell_word(arg: str) -> str:
     return '"' + "".join(p if i % 2 else re.sub(r'(["$`\\])', r"\\\1", p) for i, p in enumerate(parts)) + '"'
 
 
-def sbatch_directives(spec: JobSpec, files: JobFiles) -> list[str]:
+def sbatch_directives(spec: JobSpec, s: SlurmOptions, files: JobFiles) -> list[str]:
     """#SBATCH lines: one task per node (each runs torchrun), the notice signal, requeue, logs."""
     nodes = str(spec.nnodes.max) if not spec.nnodes.elastic else f"{spec.nnodes.min}-{spec.nnodes.max}"
-    s = spec.slurm
     options: list[tuple[str, object]] = [
         ("job-name", spec.job_name), ("nodes", nodes), ("ntasks-per-node", 1),
         ("gpus-per-node", spec.gpus_per_node or None), ("cpus-per-task", s.cpus_per_task), ("mem", s.mem),
         ("partition", s.partition), ("account", s.account), ("qos", s.qos), ("constraint", s.constraint),
-        ("time", spec.time), ("signal", f"{NOTICE_SIGNAL}@{s.signal_grace_s}"),
+        ("time", spec.time), ("signal", f"{NOTICE}@{s.signal_grace_s}"),
         ("requeue" if s.requeue else "no-requeue", True),
         # A requeued job appends to its logs; the default truncates them on restart.
         ("open-mode", "append"), ("output", files.batch_log),
@@ -84,10 +83,10 @@ def sbatch_directives(spec: JobSpec, files: JobFiles) -> list[str]:
             for key, value in options if value is not None]
 
 
-def environment(spec: JobSpec) -> dict[str, str]:
+def environment(spec: JobSpec, options: SlurmOptions) -> dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1"}
-    if spec.slurm.cpus_per_task and isinstance(spec.nproc_per_node, int):
-        env["OMP_NUM_THREADS"] = str(max(1, spec.slurm.cpus_per_task // spec.nproc_per_node))
+    if options.cpus_per_task and isinstance(spec.nproc_per_node, int):
+        env["OMP_NUM_THREADS"] = str(max(1, options.cpus_per_task // spec.nproc_per_node))
     env.update(spec.env)
     return env
 
@@ -105,23 +104,23 @@ def agent_command(spec: JobSpec, python: str) -> tuple[list[str], list[str]]:
     args = torchrun_args(spec, rdzv)
     split = len(args) - len(spec.entrypoint.argv())
     # The entrypoint's own arguments are always literal: only torchrun's flags name our variables.
-    return ([shlex.quote(python), "-m", "launcher.agent", *map(shell_word, args[:split])],
+    return ([*map(shlex.quote, agent_launch(python)), *map(shell_word, args[:split])],
             [shlex.quote(a) for a in args[split:]])
 
 
-def srun_command(spec: JobSpec, files: JobFiles) -> list[str]:
+def srun_command(options: SlurmOptions, files: JobFiles) -> list[str]:
     args = ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=0", f"--wait={STRAGGLER_WAIT_S}", "--unbuffered",
             "--open-mode=append", f"--output={files.node_log}"]
-    if spec.slurm.cpus_per_task:
+    if options.cpus_per_task:
         # Slurm 22.05's srun does not take --cpus-per-task from the batch allocation.
-        args.append(f"--cpus-per-task={spec.slurm.cpus_per_task}")
+        args.append(f"--cpus-per-task={options.cpus_per_task}")
     return [shlex.quote(a) for a in args]
 
 
-def requeue_block(spec: JobSpec) -> list[str]:
+def requeue_block(options: SlurmOptions) -> list[str]:
     """After srun: exit 75 means every rank saved; requeue, counted and capped. Other codes end the job."""
-    cap = spec.slurm.max_requeues
-    if not spec.slurm.requeue:
+    cap = options.max_requeues
+    if not options.requeue:
         return [f'if [ "$status" -eq {EXIT_REQUEUE} ]; then',
                 '  echo "gangrun: training saved and asked for a requeue, but requeue is off for this job" >&2',
                 "fi"]
@@ -138,18 +137,19 @@ def requeue_block(spec: JobSpec) -> list[str]:
     ]
 
 
-def render_sbatch(spec: JobSpec, folder: Path, python: str) -> str:
-    """The whole batch script for ``spec``, writing its logs under ``folder``; raises SpecError."""
-    spec.slurm.validate(spec.time)
+def render_sbatch(spec: JobSpec, options: SlurmOptions, folder: Path, python: str) -> str:
+    """The whole batch script for ``spec``, writing its logs under ``folder`` (validated input)."""
     files = JobFiles(folder)
     launcher_and_flags, program = agent_command(spec, python)
-    command = [" ".join(srun_command(spec, files)), " ".join(launcher_and_flags[:3]), *launcher_and_flags[3:],
+    launch = len(agent_launch(python))
+    command = [" ".join(srun_command(options, files)), " ".join(launcher_and_flags[:launch]),
+               *launcher_and_flags[launch:],
                " ".join(program)]
     return "\n".join([
         "#!/bin/bash",
         SHELLCHECK_LITERALS,
         f"# gangrun {__version__}: {spec.job_name}, {spec.nnodes} node(s) x {spec.nproc_per_node} process(es).",
-        *sbatch_directives(spec, files),
+        *sbatch_directives(spec, options, files),
         "",
         "# Every rank meets on the allocation's first host (never a silent localhost).",
         HEAD_NODE_LINE,
@@ -162,13 +162,13 @@ def render_sbatch(spec: JobSpec, folder: Path, python: str) -> str:
         'echo "gangrun: job $SLURM_JOB_ID run $((restarts + 1)) on $SLURM_JOB_NODELIST,'
         ' rendezvous ${head_node}:${rdzv_port}"',
         "",
-        *(f"export {key}={shlex.quote(value)}" for key, value in environment(spec).items()),
+        *(f"export {key}={shlex.quote(value)}" for key, value in environment(spec, options).items()),
         "",
         "# One task per node, each a torchrun agent: gangrun's, which exits with the first failed",
-        f"# worker's code instead of 1. Slurm's {NOTICE_SIGNAL} reaches every worker; the agent outlives it.",
+        f"# worker's code instead of 1. Slurm's {NOTICE} reaches every worker; the agent outlives it.",
         " \\\n  ".join(command),
         "status=$?",
-        *requeue_block(spec),
+        *requeue_block(options),
         'echo "gangrun: job $SLURM_JOB_ID run $((restarts + 1)) ended with exit $status"',
         'exit "$status"',
         "",

@@ -9,14 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
+from launcher.engines.k8s.manifests import COMPLETION_INDEX_ANNOTATION, PET_VARS, Form, Obj, form_of
+from launcher.engines.k8s.options import KINDS, K8sOptions
 from launcher.errors import SpecError
-from launcher.k8s_manifests import (
-    COMPLETION_INDEX_ANNOTATION,
-    PET_VARS,
-    Form,
-    Obj,
-    form_of,
-)
 from launcher.spec import JobSpec
 
 DNS_LABEL_MAX = 63
@@ -29,14 +24,20 @@ _TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _SECRET_REF = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?:[-._a-zA-Z0-9]+$")
 
 
-def check_spec(spec: JobSpec) -> None:
-    """Checks on the spec's Kubernetes fields that must pass before objects are built."""
-    name, kind = spec.job_name, spec.k8s.kind
+def check_spec(spec: JobSpec, k8s: K8sOptions) -> None:
+    """Checks on the spec and the Kubernetes options that must pass before objects are built."""
+    name, kind = spec.job_name, k8s.kind
+    if kind not in KINDS:
+        raise SpecError("k8s.kind", f"'{kind}' is not a known kind", f"use one of: {', '.join(KINDS)}")
+    if k8s.checkpoint_budget_s < 1:
+        raise SpecError("k8s.checkpoint_budget_s", f"{k8s.checkpoint_budget_s} seconds", "use 1 or more")
+    if k8s.gang_restarts < 0:
+        raise SpecError("k8s.gang_restarts", f"{k8s.gang_restarts} is negative", "use 0 or more")
     pattern = _DNS_1035 if kind == "trainjob" else _DNS_LABEL
     if not pattern.match(name) or len(name) > DNS_LABEL_MAX:
         raise SpecError("name", f"'{name}' is not a DNS label for a {kind}",
                         "use lowercase letters, digits and '-', starting with a letter, e.g. --name my-run")
-    form = form_of(spec)
+    form = form_of(spec, k8s)
     if len(form.longest_hostname) > DNS_LABEL_MAX:
         room = DNS_LABEL_MAX - (len(form.longest_hostname) - len(name))
         raise SpecError("name", f"pod hostname '{form.longest_hostname}' is longer than {DNS_LABEL_MAX} characters",
@@ -44,23 +45,23 @@ def check_spec(spec: JobSpec) -> None:
     if spec.nnodes.elastic and kind in ("trainjob", "pytorchjob"):
         raise SpecError("nnodes", f"an elastic range ({spec.nnodes}) is not rendered for a {kind}",
                         "use a fixed --nnodes, or --kind job|jobset")
-    for field_name, value in (("k8s.cpu", spec.k8s.cpu), ("k8s.memory", spec.k8s.memory),
-                              ("k8s.shm_size", spec.k8s.shm_size)):
+    for field_name, value in (("k8s.cpu", k8s.cpu), ("k8s.memory", k8s.memory),
+                              ("k8s.shm_size", k8s.shm_size)):
         if value is not None and not _QUANTITY.match(value):
             raise SpecError(field_name, f"'{value}' is not a Kubernetes quantity", "use e.g. 4, 500m, 16Gi")
-    for key, effect in spec.k8s.tolerations.items():
+    for key, effect in k8s.tolerations.items():
         if effect not in _TAINT_EFFECTS:
             raise SpecError("k8s.tolerations", f"'{key}={effect}' has an unknown effect",
                             f"use KEY=EFFECT with EFFECT one of {', '.join(_TAINT_EFFECTS)}")
-    for var, ref in spec.k8s.secret_env.items():
+    for var, ref in k8s.secret_env.items():
         if not _SECRET_REF.match(ref):
             raise SpecError("k8s.secret_env", f"'{var}={ref}' is not VAR=SECRET:KEY",
                             "use e.g. --secret-env AWS_SECRET_ACCESS_KEY=s3-creds:secret-key")
-    for var in (*spec.env, *spec.k8s.secret_env):
+    for var in (*spec.env, *k8s.secret_env):
         if var in PET_VARS:
             raise SpecError("env", f"{var} is set by gangrun's environment contract", f"drop {var} from --env")
-    if spec.k8s.checkpoint_pvc is not None and not _DNS_LABEL.match(spec.k8s.checkpoint_pvc):
-        raise SpecError("k8s.checkpoint_pvc", f"'{spec.k8s.checkpoint_pvc}' is not a PVC name",
+    if k8s.checkpoint_pvc is not None and not _DNS_LABEL.match(k8s.checkpoint_pvc):
+        raise SpecError("k8s.checkpoint_pvc", f"'{k8s.checkpoint_pvc}' is not a PVC name",
                         "use the name of a ReadWriteMany PersistentVolumeClaim")
 
 
@@ -145,9 +146,9 @@ def check_trainjob(obj: Obj) -> None:
                         "add a dshm emptyDir through runtimePatches")
 
 
-def check_objects(spec: JobSpec, objects: list[Obj]) -> None:
+def check_objects(spec: JobSpec, k8s: K8sOptions, objects: list[Obj]) -> None:
     """Cross-object checks on what a renderer built for ``spec``."""
-    form = form_of(spec)
+    form = form_of(spec, k8s)
     by_kind = {obj["kind"]: obj for obj in objects}
     for obj in objects:
         name = obj["metadata"]["name"]

@@ -1,20 +1,16 @@
-"""The Kubernetes target: render manifests, apply them with kubectl, and read state and logs back."""
+"""The Kubernetes engine's kubectl side: apply rendered objects, read state and logs back, delete."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from typing import Iterator
 
-import yaml
-
+from launcher.contract import rank_of
+from launcher.engines.k8s.manifests import JOB_LABEL, Obj
 from launcher.errors import SpecError
 from launcher.jobs import JobHandle
-from launcher.k8s_checks import check_objects, check_spec
-from launcher.k8s_manifests import JOB_LABEL, Obj, build_objects
-from launcher.spec import JobSpec
 
 # kubectl's names for the kinds, fully qualified so a same-named CRD elsewhere can't shadow them.
 RESOURCES = {
@@ -23,20 +19,6 @@ RESOURCES = {
     "trainjob": "trainjobs.trainer.kubeflow.org",
     "pytorchjob": "pytorchjobs.kubeflow.org",
 }
-_RANK_LINE = re.compile(r"^\[rank(\d+)\]:")
-
-
-def render_objects(spec: JobSpec) -> list[Obj]:
-    """The checked objects for ``spec``; SpecError (exit 2) before anything is printed or applied."""
-    check_spec(spec)
-    objects = build_objects(spec)
-    check_objects(spec, objects)
-    return objects
-
-
-def dump_yaml(objects: list[Obj]) -> str:
-    """One YAML stream; values are serialized as data, so no user string can add keys or documents."""
-    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False, width=120)
 
 
 def kubectl_base(namespace: str | None) -> list[str]:
@@ -91,44 +73,32 @@ def filter_rank(lines: Iterator[str], rank: int | None) -> Iterator[str]:
         line = line.rstrip("\n")
         if rank is not None:
             _, _, rest = line.partition("] ")
-            match = _RANK_LINE.match(rest)
-            if match is None or int(match.group(1)) != rank:
+            if rank_of(rest) != rank:
                 continue
         yield line
 
 
-class KubernetesTarget:
-    name = "k8s"
-
-    def render(self, spec: JobSpec) -> str:
-        # The CLI prints it with a newline of its own.
-        return dump_yaml(render_objects(spec)).rstrip("\n")
-
-    def submit(self, spec: JobSpec) -> JobHandle:
-        text = self.render(spec)
-        _kubectl(apply_argv(spec.k8s.namespace), stdin=text)
-        namespace = spec.k8s.namespace or _kubectl(
-            ["kubectl", "config", "view", "--minify", "-o", "jsonpath={..namespace}"]).strip() or "default"
-        handle = JobHandle(target=self.name, native_id=f"{namespace}.{spec.job_name}", name=spec.job_name,
-                           extra={"kind": spec.k8s.kind, "namespace": namespace})
-        handle.save()
-        return handle
-
-    def status(self, handle: JobHandle) -> str:
-        argv = [*kubectl_base(handle.extra.get("namespace")), "get",
-                f"{RESOURCES[handle.extra['kind']]}/{handle.name}", "-o", "json"]
-        return summarize_status(json.loads(_kubectl(argv)))
-
-    def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
-        if not follow:
-            yield from filter_rank(iter(_kubectl(logs_argv(handle, follow)).splitlines()), rank)
-            return
-        with subprocess.Popen(logs_argv(handle, follow), stdout=subprocess.PIPE, text=True) as proc:
-            assert proc.stdout is not None
-            yield from filter_rank(proc.stdout, rank)
-
-    def cancel(self, handle: JobHandle) -> None:
-        _kubectl(delete_argv(handle))
+def apply(text: str, namespace: str | None) -> str:
+    """``kubectl apply`` the rendered objects; returns the namespace they went to."""
+    _kubectl(apply_argv(namespace), stdin=text)
+    current = ["kubectl", "config", "view", "--minify", "-o", "jsonpath={..namespace}"]
+    return namespace or _kubectl(current).strip() or "default"
 
 
-TARGET = KubernetesTarget()
+def status(handle: JobHandle) -> str:
+    argv = [*kubectl_base(handle.extra.get("namespace")), "get",
+            f"{RESOURCES[handle.extra['kind']]}/{handle.name}", "-o", "json"]
+    return summarize_status(json.loads(_kubectl(argv)))
+
+
+def logs(handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    if not follow:
+        yield from filter_rank(iter(_kubectl(logs_argv(handle, follow)).splitlines()), rank)
+        return
+    with subprocess.Popen(logs_argv(handle, follow), stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        yield from filter_rank(proc.stdout, rank)
+
+
+def cancel(handle: JobHandle) -> None:
+    _kubectl(delete_argv(handle))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
+
+from launcher.contract import rank_of
 from typing import Callable, Iterable, Iterator
 
-# torchrun's per-line prefix, set by launcher.torchrun.LOG_PREFIX_TEMPLATE: "[rank3]: ...".
-_RANK = re.compile(r"^\[rank(\d+)\]:")
 # How often a followed job's files are read; reading files costs the controller nothing.
 READ_EVERY_S = 0.5
 BATCH = "batch"
@@ -17,11 +16,6 @@ BATCH = "batch"
 def source_name(path: Path) -> str:
     """``42.node1.log`` -> ``node1``; ``42.batch.log`` -> ``batch``."""
     return path.name.split(".", 1)[1].removesuffix(".log")
-
-
-def rank_of(line: str) -> int | None:
-    match = _RANK.match(line)
-    return int(match.group(1)) if match else None
 
 
 def prefixed(source: str, lines: Iterable[str], rank: int | None) -> Iterator[str]:

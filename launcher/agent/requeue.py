@@ -1,0 +1,52 @@
+"""The agent's side of preemption: outlive the notice signal, and hand a worker's exit 75 to the engine.
+
+Used on every engine: Slurm's USR2 notice, and SIGTERM from Kubernetes or `gangrun run`.
+
+Slurm sends ``--signal=USR2@grace`` (and ``scancel --signal=USR2``) to every process of the job's
+steps: the agent and each worker (measured on Slurm 22.05, proctrack/linuxproc). Measured with
+torch 2.14 and a worker that saves and exits 75 on USR2 (tests/test_agent_signals.py):
+- plain torchrun has no USR2 handler: the notice kills it (srun reports 140); its workers save but
+  are orphaned and their 75 reaches nobody.
+- ``torchrun --signals-to-handle=...,SIGUSR2`` SIGTERMs the workers and exits 1: the 75 is lost.
+- USR2 to the workers only, with ``--max-restarts=2``: torchrun restarts the group after the 75
+  and trains on inside an allocation about to end; the engine never gets to requeue.
+So the agent notes USR2 and carries on, and a worker's 75 ends the run with 75, restarts or not.
+The agent does not pass USR2 on: Slurm already signals every worker, and a second USR2 that lands
+while a worker exits 75 kills it (Python restores default handlers at shutdown), exit 140 (measured).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+from torch.distributed.elastic.agent.server.api import RunResult
+
+from launcher.contract import EXIT_REQUEUE, NOTICE_SIGNAL
+
+
+class RequeuePolicy:
+    """torchrun's agent hooks (launcher.compat.AgentHooks): a worker's exit 75 stops the run instead
+    of restarting the group, and is remembered when the agent itself stopped the workers."""
+
+    def __init__(self) -> None:
+        self.workers_saved = False
+
+    def stop_restarting(self, result: RunResult) -> bool:
+        return result.is_failed() and any(f.exitcode == EXIT_REQUEUE for f in result.failures.values())
+
+    def after_shutdown(self, exit_codes: list[int | None]) -> None:
+        if EXIT_REQUEUE in exit_codes:
+            self.workers_saved = True
+
+
+def _note_notice(signum: int, _frame: FrameType | None) -> None:
+    print(f"gangrun: agent got {signal.Signals(signum).name}: workers save at the next step and exit "
+          f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
+
+
+def outlive_notice() -> None:
+    """Call before torchrun starts. A handler, not SIG_IGN: exec resets handlers, so workers start
+    with USR2's default action until training installs its own, instead of silently ignoring it."""
+    signal.signal(NOTICE_SIGNAL, _note_notice)

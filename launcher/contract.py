@@ -1,0 +1,46 @@
+"""The launcher's side of the contract with the training program and the engines, defined once.
+
+What passes between launcher and train is argv, environment, exit codes, signals and log lines;
+train/contract.py holds the program's side with the same values (the two never import each other),
+and tests/test_contract.py checks both sides and the shipped files in slurm/ and k8s/ agree.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+
+EXIT_OK = 0
+# Bad input (a spec, profile or config error): nothing was started, and retrying will not help.
+EXIT_BAD_INPUT = 2
+# EX_TEMPFAIL (sysexits.h): the ranks were told to stop, saved a checkpoint, and ask to be started
+# again with the same command. Engines requeue on it; it is never a crash to restart in place.
+EXIT_REQUEUE = 75
+# A process killed by signal N exits 128 + N in shells, Slurm and Kubernetes alike.
+SIGNAL_EXIT_BASE = 128
+
+# Slurm's preemption and time-limit notice (`--signal=USR2@grace`). Not USR1: NCCL takes it.
+NOTICE_SIGNAL = signal.SIGUSR2
+
+# Every worker line carries its *global* rank; torchrun expands ${rank} itself. Its default
+# `[default0]:` names only the local rank, which repeats on every node.
+LOG_PREFIX_TEMPLATE = "[rank${rank}]: "
+_RANK_PREFIX = re.compile(r"^" + re.escape(LOG_PREFIX_TEMPLATE).replace(re.escape("${rank}"), r"(\d+)"))
+
+# The program gangrun ships (`-m train`). It runs with Python's safe path (-P), so a train.py in the
+# working directory, the most common file name in ML repositories, can never run in its place.
+SHIPPED_PROGRAM = "train"
+# The node agent every engine starts, with -P for the same reason (a user's own launcher/ package).
+AGENT_MODULE = "launcher.agent"
+SAFE_PATH_FLAG = "-P"
+
+
+def rank_of(line: str) -> int | None:
+    """The global rank a worker line was printed by, or None for the agent's and engines' own lines."""
+    match = _RANK_PREFIX.match(line)
+    return int(match.group(1)) if match else None
+
+
+def exit_status(code: int) -> int:
+    """A process's return code as an exit status: -N (killed by signal N) becomes 128 + N."""
+    return SIGNAL_EXIT_BASE - code if code < 0 else code

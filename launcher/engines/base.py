@@ -1,0 +1,53 @@
+"""What every engine provides, so the CLI, profiles and handles treat them alike.
+
+``render`` is pure: the exact argv or text a run or submission would use, for dry runs and golden
+tests. A cluster engine also submits and hands back a JobHandle that later ``status``, ``logs``
+and ``cancel`` calls find again (see launcher.jobs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+from launcher.jobs import JobHandle
+from launcher.spec import JobSpec
+
+# JobSpec fields every engine honours; each engine adds the ones it reads beyond them.
+CORE_FIELDS = frozenset({"name", "nnodes", "nproc_per_node", "max_restarts", "env"})
+
+
+class Engine(Protocol):
+    """An engine: its name (the ``--target`` value and profile table), its options, what it reads."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def options(self) -> type[Any]:
+        """The dataclass of this engine's own options (fields made with launcher.options.option)."""
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The JobSpec fields this engine honours; a flag for any other is refused, never ignored."""
+
+    def validate(self, spec: JobSpec, options: Any) -> None:
+        """Raise SpecError (one line: field, problem, fix) for anything this engine cannot run."""
+
+    def render(self, spec: JobSpec, options: Any) -> str: ...
+
+
+@runtime_checkable
+class ClusterEngine(Engine, Protocol):
+    """An engine that submits to a scheduler and finds the job again by its handle."""
+
+    def submit(self, spec: JobSpec, options: Any) -> JobHandle: ...
+
+    def status(self, handle: JobHandle) -> str: ...
+
+    def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]: ...
+
+    def cancel(self, handle: JobHandle) -> None: ...

@@ -1,0 +1,47 @@
+"""The Kubernetes engine: Indexed Job, JobSet, TrainJob or PyTorchJob objects, applied with kubectl."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from launcher.engines.base import CORE_FIELDS
+from launcher.engines.k8s import kubectl
+from launcher.engines.k8s.checks import check_spec
+from launcher.engines.k8s.options import K8sOptions
+from launcher.engines.k8s.render import dump_yaml, render_objects
+from launcher.jobs import JobHandle
+from launcher.spec import JobSpec
+
+
+class KubernetesEngine:
+    name = "k8s"
+    title = "Kubernetes"
+    options = K8sOptions
+    # No rdzv_endpoint: every pod meets rank 0's pod by its DNS name (the PET_* contract).
+    reads = CORE_FIELDS | {"image", "gpus_per_node", "time"}
+
+    def validate(self, spec: JobSpec, options: K8sOptions) -> None:
+        check_spec(spec, options)
+
+    def render(self, spec: JobSpec, options: K8sOptions) -> str:
+        # The CLI prints it with a newline of its own.
+        return dump_yaml(render_objects(spec, options)).rstrip("\n")
+
+    def submit(self, spec: JobSpec, options: K8sOptions) -> JobHandle:
+        namespace = kubectl.apply(self.render(spec, options), options.namespace)
+        handle = JobHandle(target=self.name, native_id=f"{namespace}.{spec.job_name}", name=spec.job_name,
+                           extra={"kind": options.kind, "namespace": namespace})
+        handle.save()
+        return handle
+
+    def status(self, handle: JobHandle) -> str:
+        return kubectl.status(handle)
+
+    def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+        return kubectl.logs(handle, follow, rank)
+
+    def cancel(self, handle: JobHandle) -> None:
+        kubectl.cancel(handle)
+
+
+ENGINE = KubernetesEngine()

@@ -1,0 +1,124 @@
+"""`gangrun run`: start every node's agent on this machine, supervise them until the first failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from launcher.contract import EXIT_OK, SAFE_PATH_FLAG, SHIPPED_PROGRAM, SIGNAL_EXIT_BASE, exit_status
+from launcher.engines.local.options import LocalOptions
+from launcher.engines.local.render import LOOPBACK, render_local
+from launcher.errors import SpecError
+from launcher.spec import JobSpec
+
+# Run by the interpreter the workers use, on the sys.path they get: exit 0 when the module is found.
+_FIND_MODULE = """\
+import importlib.util, sys
+try:
+    found = importlib.util.find_spec(sys.argv[1]) is not None
+except (ImportError, ValueError):
+    found = False
+sys.exit(0 if found else 1)
+"""
+
+
+def check_entrypoint(spec: JobSpec, python: str = sys.executable) -> None:
+    """Fail before starting anything when the script or module cannot be found here.
+
+    A module is looked for as the workers will look: from the working directory for a user's own,
+    with the safe path for the shipped program (launcher.agent.main.protect_shipped_program).
+    """
+    entry = spec.entrypoint
+    if not entry.is_module:
+        if not Path(entry.target).is_file():
+            raise SpecError("entrypoint", f"script '{entry.target}' does not exist", "check the path")
+        return
+    flags = [SAFE_PATH_FLAG] if entry.target == SHIPPED_PROGRAM else []
+    found = subprocess.run([python, *flags, "-c", _FIND_MODULE, entry.target], env={**os.environ, **spec.env},
+                           capture_output=True).returncode == 0
+    if not found:
+        raise SpecError("entrypoint", f"module '{entry.target}' is not importable",
+                        "install it or check the name after -m")
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the launcher dies, so no agent outlives it unseen."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def run_local(spec: JobSpec, options: LocalOptions) -> int:
+    """Start every node's agent, forward SIGINT/SIGTERM, stop the rest at the first failure.
+
+    Returns the exit status of the first agent that failed (its first worker's code), else 0.
+    """
+    check_entrypoint(spec)
+    commands = render_local(spec, free_port(), f"{spec.job_name}-{uuid.uuid4().hex[:8]}")
+    procs = [
+        subprocess.Popen(cmd.argv, env={**os.environ, **cmd.env}, start_new_session=True,
+                         preexec_fn=_die_with_parent)
+        for cmd in commands
+    ]
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _supervise(procs, received, options.stop_grace_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _supervise(procs: list[subprocess.Popen[bytes]], received: list[int], grace_s: float) -> int:
+    first_failure: int | None = None
+    deadline: float | None = None
+    while True:
+        codes = [proc.poll() for proc in procs]
+        failed = [code for code in codes if code]
+        if failed and first_failure is None:
+            first_failure = exit_status(failed[0])
+            running = [proc for proc, code in zip(procs, codes) if code is None]
+            if running:
+                print(f"gangrun: a node's agent exited {first_failure}; stopping the other nodes",
+                      file=sys.stderr, flush=True)
+            for proc in running:
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+        if all(code is not None for code in codes):
+            break
+        if received and deadline is None:
+            deadline = time.monotonic() + grace_s
+        if deadline is not None and time.monotonic() > deadline:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        time.sleep(0.05)
+    if first_failure is not None:
+        return first_failure
+    if received:
+        return SIGNAL_EXIT_BASE + received[0]
+    return EXIT_OK

@@ -1,0 +1,57 @@
+"""The Slurm engine: one batch script (one torchrun agent per node), submitted with sbatch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from launcher.engines.base import CORE_FIELDS
+from launcher.engines.slurm.logs import follow_lines, read_lines
+from launcher.engines.slurm.options import SlurmOptions
+from launcher.engines.slurm.script import JobFiles, render_sbatch
+from launcher.engines.slurm.state import JobState, job_state
+from launcher.engines.slurm.submit import accounting_state, cancel_job, job_folder, python_for, submit_job
+from launcher.jobs import JobHandle
+from launcher.spec import JobSpec
+
+# Between state checks while following logs: double from the first to the last, so a long job
+# costs the controller one query a minute, not one a second.
+POLL_FIRST_S, POLL_MAX_S = 1.0, 60.0
+
+
+class SlurmEngine:
+    name = "slurm"
+    title = "Slurm"
+    options = SlurmOptions
+    reads = CORE_FIELDS | {"rdzv_endpoint", "gpus_per_node", "time"}
+
+    def validate(self, spec: JobSpec, options: SlurmOptions) -> None:
+        options.validate(spec)
+
+    def render(self, spec: JobSpec, options: SlurmOptions) -> str:
+        return render_sbatch(spec, options, job_folder(spec, options), python_for(options))
+
+    def submit(self, spec: JobSpec, options: SlurmOptions) -> JobHandle:
+        return submit_job(self.render(spec, options), spec, options)
+
+    def state(self, handle: JobHandle) -> JobState:
+        return job_state(handle.native_id, lambda: accounting_state(handle))
+
+    def status(self, handle: JobHandle) -> str:
+        return self.state(handle).describe()
+
+    def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+        files = JobFiles(Path(handle.folder))
+        if not follow:
+            yield from read_lines(files.logs(handle.native_id), rank)
+            return
+        yield from follow_lines(lambda: files.logs(handle.native_id), rank,
+                                done=lambda: self.state(handle).done,
+                                first_poll_s=POLL_FIRST_S, max_poll_s=POLL_MAX_S, clock=time.monotonic)
+
+    def cancel(self, handle: JobHandle) -> None:
+        cancel_job(handle)
+
+
+ENGINE = SlurmEngine()
