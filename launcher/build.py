@@ -8,11 +8,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from launcher.errors import SpecError
+
 # The tag `gangrun build` makes, and the image a Kubernetes job runs when --image is not given.
 DEFAULT_IMAGE = "gangrun:latest"
 ENGINES = ("docker", "podman")
@@ -46,7 +47,7 @@ class BuildPlan:
         return [self.engine, "push", self.tag]
 
 
-def find_engine(which: callable = shutil.which) -> str:
+def find_engine(which: Callable[[str], str | None] = shutil.which) -> str:
     for engine in ENGINES:
         if which(engine):
             return engine

@@ -7,7 +7,8 @@ They read the built objects, not the spec, so they hold for whatever a renderer 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from launcher.engines.k8s.manifests import COMPLETION_INDEX_ANNOTATION, PET_VARS, Form, Obj, form_of
 from launcher.engines.k8s.options import KINDS, K8sOptions

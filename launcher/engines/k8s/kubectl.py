@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 from launcher.contract import rank_of
 from launcher.engines.k8s.manifests import JOB_LABEL, Obj

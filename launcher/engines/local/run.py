@@ -101,7 +101,7 @@ def _supervise(procs: list[subprocess.Popen[bytes]], received: list[int], grace_
         failed = [code for code in codes if code]
         if failed and first_failure is None:
             first_failure = exit_status(failed[0])
-            running = [proc for proc, code in zip(procs, codes) if code is None]
+            running = [proc for proc, code in zip(procs, codes, strict=True) if code is None]
             if running:
                 print(f"gangrun: a node's agent exited {first_failure}; stopping the other nodes",
                       file=sys.stderr, flush=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from launcher.contract import rank_of
-from typing import Callable, Iterable, Iterator
 
 # How often a followed job's files are read; reading files costs the controller nothing.
 READ_EVERY_S = 0.5
