@@ -1,7 +1,7 @@
-"""A bare hand-written DDP loop: the baseline our Trainer is measured against in bench_loop.py.
+"""A bare hand-written DDP loop: the baseline the training program is measured against in bench_loop.py.
 
 Same model (train.models.SmallCNN), same digits data, same global batch and optimizer, none of
-the Trainer's bookkeeping. Prints steady-state steps/s (after warm-up) on rank 0.
+the training program's bookkeeping. Prints steady-state steps/s (after warm-up) on rank 0.
 """
 
 import sys

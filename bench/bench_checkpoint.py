@@ -2,7 +2,7 @@
 same bytes, and how long an async save blocks training vs a synchronous save. Nothing here asserts.
 
 The state is a FSDP-sharded transformer plus AdamW state, about 200 MB in all (``--d-model``,
-``--layers`` change it), saved through the Trainer's own Checkpointer with commit and pruning.
+``--layers`` change it), saved through the training program's own Checkpointer with commit and pruning.
 
 usage: python bench/bench_checkpoint.py [--dir PATH_OR_URL] [--repeats R] [--d-model D] [--layers L]
 """
@@ -47,7 +47,8 @@ def worker(args: argparse.Namespace) -> None:
     from train.checkpoint import Checkpointer
     from train.config import load_config
     from train.distributed import close_world, init_world
-    from train.loop import Trainer
+    from train.loop import build_run, train_step
+    from train.recorder import NoRecorder
 
     overrides = [f"model.d_model={args.d_model}", f"model.n_layer={args.layers}", "model.n_head=8",
                  "model.seq_len=32", "data.fake_train_size=256", "train.global_batch_size=4",
@@ -56,10 +57,15 @@ def worker(args: argparse.Namespace) -> None:
                  f"output_dir={tempfile.gettempdir()}/bench-checkpoint-run", f"checkpoint.dir={args.dir}"]
     cfg = load_config("gpt-tiny", overrides)
     world = init_world("auto")
-    trainer = Trainer(cfg, world)
-    batches = trainer.batches()
-    trainer.train_step(batches)  # AdamW state exists only after a step
-    model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer)
+    run = build_run(cfg, world)
+    sync_saver = Checkpointer(cfg, world)
+    async_saver = Checkpointer(load_config("gpt-tiny", [*overrides, "checkpoint.async_save=true"]), world)
+
+    def step(saver: Checkpointer) -> None:
+        train_step(run, cfg, cfg.optim.lr, NoRecorder(), saver)
+
+    step(sync_saver)  # AdamW state exists only after a step
+    model_sd, optim_sd = get_state_dict(run.parts.model, run.parts.optimizer)
     local = [t.to_local() if hasattr(t, "to_local") else t for t in _tensors((model_sd, optim_sd))]
     local_bytes = sum(t.numel() * t.element_size() for t in local)
     total_mb = torch.tensor([local_bytes], dtype=torch.float64)
@@ -83,23 +89,19 @@ def worker(args: argparse.Namespace) -> None:
             f.flush()
             os.fsync(f.fileno())
 
-    sync_saver = trainer.checkpointer
-    async_saver = Checkpointer(load_config("gpt-tiny", [*overrides, "checkpoint.async_save=true"]), world)
     raw, sync, plain_step, async_call, async_step, async_total = [], [], [], [], [], []
     for _ in range(args.repeats):
         raw.append(timed(raw_write))
-        sync.append(timed(lambda: sync_saver.save(trainer.parts)))
-        plain_step.append(timed(lambda: trainer.train_step(batches)))
+        sync.append(timed(lambda: sync_saver.save(run.parts, blocking=True)))
+        plain_step.append(timed(lambda: step(sync_saver)))
         # What training feels: the save call plus the next step, which waits for staging before
         # its optimizer step; the rest of the save runs behind it.
-        trainer.checkpointer = async_saver
         start = time.perf_counter()
-        async_call.append(timed(lambda: async_saver.save(trainer.parts)))
-        async_step.append(timed(lambda: trainer.train_step(batches)))
+        async_call.append(timed(lambda: async_saver.save(run.parts, blocking=False)))
+        async_step.append(timed(lambda: step(async_saver)))
         async_saver.wait()
         dist.barrier()
         async_total.append(time.perf_counter() - start)
-        trainer.checkpointer = sync_saver
     async_saver.close()
     sync_saver.close()
     raw_path.unlink()

@@ -1,4 +1,4 @@
-"""Prints, side by side in one run: our Trainer's steps/s vs a bare DDP loop, and gangrun's start-up
+"""Prints, side by side in one run: the training program's steps/s vs a bare DDP loop, and gangrun's start-up
 cost over bare torchrun. Ratios for a person to read; nothing here asserts.
 
 usage: python bench/bench_loop.py [--steps N] [--repeats R]
@@ -75,7 +75,7 @@ def main() -> None:
     o, b = statistics.median(ours), statistics.median(bare)
     so, sb = statistics.median(start_ours), statistics.median(start_bare)
     print(f"digits CNN, 2 gloo ranks on CPU, global batch 64, medians of {args.repeats} interleaved runs")
-    print(f"steps/s      gangrun Trainer {o:8.2f}   bare DDP loop {b:8.2f}   ratio {o / b:.3f}  (goal >= 0.98)")
+    print(f"steps/s      gangrun train   {o:8.2f}   bare DDP loop {b:8.2f}   ratio {o / b:.3f}  (goal >= 0.98)")
     print(f"first step   gangrun run     {so:8.2f}s  bare torchrun {sb:8.2f}s  extra {so - sb:+.2f}s (goal <= +0.5 s)")
 
 

@@ -16,7 +16,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from tests.conftest import BIN
 from train.config import load_config
 from train.distributed import init_world
-from train.loop import Trainer
+from train.loop import fit
 
 
 @dataclass
@@ -64,11 +64,10 @@ def run_ok(nproc: int, overrides: list[str], env: dict[str, str], cwd: Path, *fl
     return output
 
 
-def run_in_process(overrides: list[str], config: str = "digits") -> Trainer:
-    """A world of one in this process: fast for single-process references and 2->1 resumes."""
-    trainer = Trainer(load_config(config, overrides), init_world("cpu"))
-    trainer.fit()
-    return trainer
+def run_in_process(overrides: list[str], config: str = "digits") -> str | None:
+    """A world of one in this process: fast for single-process references and 2->1 resumes.
+    Returns what stopped it (a signal's name), or None when it trained to the end."""
+    return fit(load_config(config, overrides), init_world("cpu"))
 
 
 def _children(pid: int) -> list[int]:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
 
-from tests.checkpoint_runs import (assert_models_equal, committed_steps, gangrun, global_samples,
-                                   read_checkpoint, run_in_process, run_ok, samples_by_step, wait_for_step,
-                                   worker_pid)
+from tests.checkpoint_runs import (
+    assert_models_equal,
+    committed_steps,
+    gangrun,
+    global_samples,
+    read_checkpoint,
+    run_in_process,
+    run_ok,
+    samples_by_step,
+    wait_for_step,
+    worker_pid,
+)
 from tests.conftest import child_env
 from train.checkpoint import KILL_BEFORE_COMMIT_ENV
-from train.signals import EXIT_REQUEUE
+from train.contract import EXIT_REQUEUE
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 
@@ -86,6 +96,17 @@ def test_kill_before_commit_never_loads_the_uncommitted_checkpoint(reference, en
     assert f"skipping incomplete {step_dir(tmp_path, 8)}" in output
     assert f"resumed from {step_dir(tmp_path, 4)} (step 4" in output
     assert_same_as_reference(tmp_path, reference, tmp_path / "scratch")
+    # Step 8 was logged, then the attempt died and the restart redid steps 5-8: one history, no
+    # repeats, and the uninterrupted run's numbers once a whole log window follows the resume.
+    resumed, whole = history(tmp_path), history(reference)
+    assert [step for step, _ in resumed] == [step for step, _ in whole] == [8, 16, 24, 32]
+    assert resumed[1:] == whole[1:]
+
+
+def history(output_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every training row in metrics.jsonl, in file order."""
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(row["step"], row["loss"]) for row in rows if "loss" in row]
 
 
 def assert_data_continues(out: Path, world: int, reference: Path, after: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -12,11 +13,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from tests.checkpoint_runs import assert_models_equal, committed_steps, read_checkpoint, run_in_process
+from train import loop
 from train.checkpoint_store import MANIFEST, METADATA, CheckpointStore, step_dir_name
 from train.config import ConfigError, load_config
 from train.data import GlobalBatchSampler
-from train.distributed import World, init_world
-from train.loop import Trainer
+from train.distributed import World
+from train.metrics import Metrics
 from train.rng import capture_rng, restore_rng
 from train.signals import StopFlag
 
@@ -83,40 +85,76 @@ def test_data_position_restripes_to_any_world_size(world):
 
 
 def test_checkpoint_config_errors():
-    with pytest.raises(ConfigError, match="checkpoint.keep: 1 leaves no committed checkpoint"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep: 1 leaves no committed checkpoint"):
         load_config("digits", ["checkpoint.async_save=true", "checkpoint.keep=1"])
-    with pytest.raises(ConfigError, match="train.precision: fp16 under FSDP"):
+    with pytest.raises(ConfigError, match=r"train\.precision: fp16 under FSDP"):
         load_config("digits", ["train.parallel=fsdp", "train.precision=fp16"])
     assert load_config("digits", ["output_dir=runs/x/"]).checkpoint_dir == "runs/x/checkpoints"
     assert load_config("digits", ["checkpoint.dir=s3://b/run"]).checkpoint_dir == "s3://b/run"
 
 
 def test_stop_signals_only_set_a_flag():
-    flag = StopFlag().install()
-    try:
+    with StopFlag() as flag:
         os.kill(os.getpid(), signal.SIGUSR2)
-    finally:
-        flag.uninstall()
-    assert flag.name == "SIGUSR2" and flag.agreed(World(0, 0, 1, torch.device("cpu")))
+    assert flag.name == "SIGUSR2" and flag.requested(World(0, 0, 1, torch.device("cpu")))
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
 
 
-def test_stop_saves_at_the_step_boundary_and_resume_is_exact(tmp_path):
+def test_the_stop_flag_paces_its_agreements_to_about_a_tenth_of_a_second(monkeypatch):
+    world = World(0, 0, 1, torch.device("cpu"))
+    now = [0.0]
+    # A fake clock on which every step takes 1 ms.
+    monkeypatch.setattr("train.signals.time.perf_counter", lambda: now[0])
+    agreed_at = []
+    with StopFlag() as flag:
+        for step in range(1, 400):
+            now[0] += 0.001
+            flag.signum = signal.SIGTERM if step == 250 else flag.signum
+            if flag.requested(world):
+                agreed_at.append(step)
+                break
+    # Checked at step 1, then about every 0.1 s / 1 ms = 100 steps: the stop lands within that.
+    assert agreed_at and 250 <= agreed_at[0] <= 350
+
+
+def test_stop_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={whole}"])
     parts = tmp_path / "parts"
-    trainer = Trainer(load_config("digits", [*DIGITS, "train.max_steps=10", f"output_dir={parts}"]),
-                      init_world("cpu"))
-    trainer.stop.signum = signal.SIGTERM  # as if SIGTERM arrived during the first step
-    trainer.fit()
-    assert trainer.stopped_by == "SIGTERM" and committed_steps(parts / "checkpoints") == [1]
-    assert run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={parts}"]).state.step == 10
+
+    class SignalledAtOnce(StopFlag):
+        def __enter__(self) -> StopFlag:
+            super().__enter__()
+            self.signum = signal.SIGTERM  # as if SIGTERM arrived during the first step
+            return self
+
+    monkeypatch.setattr(loop, "StopFlag", SignalledAtOnce)
+    assert run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={parts}"]) == "SIGTERM"
+    assert committed_steps(parts / "checkpoints") == [1]
+    monkeypatch.undo()
+    assert run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={parts}"]) is None
     assert committed_steps(parts / "checkpoints") == [1, 5, 10]
     assert_models_equal(read_checkpoint(parts / "checkpoints" / step_dir_name(10), tmp_path / "s"),
                         read_checkpoint(whole / "checkpoints" / step_dir_name(10), tmp_path / "s"))
 
 
 def test_explicit_resume_must_be_committed(tmp_path):
-    with pytest.raises(ConfigError, match="checkpoint.resume: .* is not a committed checkpoint"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.resume: .* is not a committed checkpoint"):
         run_in_process([*DIGITS, "train.max_steps=1", f"output_dir={tmp_path}",
                         f"checkpoint.resume={tmp_path}/nowhere"])
+
+
+def test_a_resumed_history_drops_the_undone_steps_and_the_plot_draws_all_of_it(tmp_path):
+    world = World(0, 0, 1, torch.device("cpu"))
+    with Metrics(tmp_path, world, start_step=0, max_steps=10, log_every=2, global_batch=8, tensorboard=False) as m:
+        for step in range(1, 8):
+            m.after_step(step, 0, torch.tensor(1.0 / step), torch.tensor(1.0), 1e-3)
+    # The attempt logged steps 2, 4, 6 and died after step 7; the checkpoint it resumes from is step 4.
+    with Metrics(tmp_path, world, start_step=4, max_steps=10, log_every=2, global_batch=8, tensorboard=False) as m:
+        assert [row["step"] for row in m.rows] == [2, 4]
+        for step in range(5, 11):
+            m.after_step(step, 0, torch.tensor(1.0 / step), torch.tensor(1.0), 1e-3)
+        assert m.plot() == tmp_path / "curves.png"
+        assert [row["step"] for row in m.rows] == [2, 4, 6, 8, 10]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 6, 8, 10]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from tests.checkpoint_runs import assert_models_equal, read_checkpoint, run_in_process, run_ok
+from tests.checkpoint_runs import assert_models_equal, gangrun, read_checkpoint, run_in_process, run_ok
+from train.checkpoint import Checkpointer
+from train.config import load_config
+from train.distributed import init_world
+from train.loop import build_run, evaluate
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 
@@ -44,3 +50,25 @@ def test_fsdp_matches_one_process_and_loads_into_ddp_and_one_process(gangrun_env
         expected = optimizer_states(sharded)
         for key, value in optimizer_states(loaded).items():
             assert torch.equal(value, expected[key]), f"optimizer {key} differs after loading into {resaved.name}"
+
+
+def test_fsdp_evaluates_uneven_shards_and_counts_each_sample_once(gangrun_env, tmp_path):
+    # 33 eval samples on 2 ranks in micro-batches of 4: rank 0 had 5 batches and rank 1 had 4, and
+    # FSDP's all-gather in rank 0's fifth forward waited forever for rank 1.
+    uneven = [*TINY_GPT, "data.fake_eval_size=33", "train.eval_every=3"]
+    run = gangrun(2, [*uneven, "train.parallel=fsdp", f"output_dir={tmp_path / 'fsdp'}"], gangrun_env, tmp_path,
+                  config="gpt-tiny")
+    code, output = run.finish(timeout=240)
+    assert code == 0, output[-4000:]
+    rows = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    evals = {row["step"]: row for row in rows if "eval_loss" in row}
+    assert sorted(evals) == [3, STEPS]
+
+    # The same weights evaluated by one process, which sees all 33 samples unpadded.
+    cfg = load_config("gpt-tiny", [*uneven, f"output_dir={tmp_path / 'one'}", "checkpoint.resume=never"])
+    world = init_world("cpu")
+    single = build_run(cfg, world)
+    Checkpointer(cfg, world).load(str(tmp_path / "fsdp" / "checkpoints" / f"step-{STEPS:08d}"), single.parts)
+    expected = evaluate(single, cfg, world)
+    assert evals[STEPS]["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-5)
+    assert evals[STEPS]["eval_accuracy"] == pytest.approx(expected["eval_accuracy"], abs=1e-9)

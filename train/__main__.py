@@ -2,75 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import traceback
-from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from train.config import Config, ConfigError, accumulation_steps, load_config
-from train.distributed import World, close_world, init_world
-from train.loop import Trainer
-from train.metrics import log, setup_logging
-from train.signals import EXIT_REQUEUE
-
-EXIT_BAD_INPUT = 2
+from train.compat import torch_floor_problem
+from train.contract import EXIT_BAD_INPUT, EXIT_OK
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    parser.add_argument("--config", help="preset name in train/configs (digits, resnet-fake, gpt-tiny) or a TOML file")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="e.g. train.max_steps=50 optim.lr=3e-4 output_dir=runs/x")
-    return parser.parse_args(argv)
-
-
-@record
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    setup_logging(rank)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        accumulation_steps(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
-    except ConfigError as err:
-        # Every rank reads the same config and fails the same way; one of them says so.
-        if rank == 0:
-            print(f"train: error: {err}", file=sys.stderr)
+    """Check the torch floor first: on an older torch one line says so, before any import fails."""
+    problem = torch_floor_problem()
+    if problem is not None:
+        print(f"train: error: torch: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    world = init_world(cfg.train.device)
-    try:
-        if world.is_main:
-            output = Path(cfg.output_dir)
-            output.mkdir(parents=True, exist_ok=True)
-            (output / "config.toml").write_text(cfg.to_toml())
-            log.info(f"config (also in {output / 'config.toml'}):\n{cfg.to_toml()}")
-        stopped_by = fit(cfg, world)
-    except BaseException as err:
-        # The failed frames hold the trainer, and with it DDP's reducer: let them go before the
-        # process group does (see close_world). The traceback keeps its lines for the error report.
-        traceback.clear_frames(err.__traceback__)
-        if not isinstance(err, ConfigError):
-            raise
-        if world.is_main:
-            print(f"train: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        close_world()
-    if stopped_by is not None:
-        log.info(f"exiting {EXIT_REQUEUE} (requeue me): stopped by {stopped_by} with the checkpoint committed")
-        return EXIT_REQUEUE
-    return 0
+    # Imported only now: it uses APIs the floor guarantees (DCP's staging among them).
+    from train.program import main as run_program
 
-
-def fit(cfg: Config, world: World) -> str | None:
-    """Train to the end or to an agreed stop; what stopped it, if anything. The trainer, and the
-    model it wraps, are freed on return, before the process group is (see close_world)."""
-    trainer = Trainer(cfg, world)
-    trainer.fit()
-    return trainer.stopped_by
+    # torch's @record types the wrapped main as returning int | None.
+    code = run_program(argv)
+    return EXIT_OK if code is None else code
 
 
 if __name__ == "__main__":

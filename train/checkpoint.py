@@ -1,7 +1,8 @@
 """Sharded checkpoints with torch.distributed.checkpoint: save (sync or async), commit, find, load, reshard.
 
 One ``dcp.save`` per checkpoint writes every rank's shard of the model and optimizer plus the
-small state (scheduler, scaler, train state, data position, each rank's RNG). Rank 0 then commits
+small state (scaler, train state, data position, each rank's RNG). The learning rate is a function
+of the step, so it needs no state of its own. Rank 0 then commits
 it (see checkpoint_store) and prunes old ones off the training path. Loading goes through DCP's
 global metadata, so a checkpoint saved on W ranks loads on any M, and FSDP, DDP and single-process
 runs read each other's checkpoints.
@@ -17,22 +18,23 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
+from types import TracebackType
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
-from train.data import DataPosition, GlobalBatchSampler
 from train.distributed import World
 from train.metrics import log
 from train.rng import capture_rng, restore_rng, rng_key
+from train.stream import DataStream
 
 # A world of one saves and loads with no process group on purpose; DCP warns about that on every call.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized",
@@ -44,15 +46,22 @@ KILL_BEFORE_COMMIT_ENV = "GANGRUN_TEST_KILL_BEFORE_COMMIT"
 
 
 @dataclass
+class TrainState:
+    """Where training stands: the optimizer steps taken and the samples they consumed."""
+
+    step: int = 0
+    samples_seen: int = 0
+
+
+@dataclass
 class TrainingParts:
-    """Everything a checkpoint saves and restores, as the Trainer holds it."""
+    """Everything a checkpoint saves and restores, as the loop holds it."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
-    state: Any  # loop.TrainState: a dataclass of ints
-    sampler: GlobalBatchSampler
+    state: TrainState
+    data: DataStream
 
 
 def _version() -> str:
@@ -72,7 +81,12 @@ def _broadcast(value: Any) -> Any:
 
 
 class Checkpointer:
-    """Saves into ``cfg.checkpoint_dir`` and finds what to resume from, for one Trainer."""
+    """Saves into ``cfg.checkpoint_dir`` and finds what to resume from, for one run.
+
+    It decides when to save (``after_step``, ``after_run``). As a context manager it finishes the
+    save in flight on a normal exit, and abandons it on an exception (its peers may be gone, and
+    waiting on their collectives would hang the rank instead of letting it fail).
+    """
 
     def __init__(self, cfg: Config, world: World) -> None:
         self.cfg, self.world = cfg.checkpoint, world
@@ -98,7 +112,9 @@ class Checkpointer:
                 # Background saves need a CPU backend ("A CPU backend must be enabled for async save"
                 # on an nccl-only group), and a group of their own so their collectives never
                 # interleave with the training loop's.
-                self._async_group = dist.new_group(backend="gloo")
+                group = dist.new_group(backend="gloo")
+                assert isinstance(group, dist.ProcessGroup), "this rank is in the world group"
+                self._async_group = group
         self._prune_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-prune") if world.is_main else None
 
     # -- finding -------------------------------------------------------------------------------
@@ -133,13 +149,11 @@ class Checkpointer:
 
     def _state_dict(self, parts: TrainingParts, with_rng: bool, keys: list[str] | None = None) -> dict[str, Any]:
         model_sd, optim_sd = get_state_dict(parts.model, parts.optimizer)
-        position = parts.sampler.position(parts.state.epoch, parts.state.epoch_samples)
         sd: dict[str, Any] = {
             "model": model_sd,
             "optimizer": optim_sd,
-            "scheduler": {"last_epoch": parts.scheduler.last_epoch},
             "train": dataclasses.asdict(parts.state),
-            "data": dataclasses.asdict(position),
+            "data": parts.data.state_dict(),
         }
         if parts.scaler is not None and (keys is None or "scaler" in keys):
             sd["scaler"] = parts.scaler.state_dict()
@@ -158,14 +172,11 @@ class Checkpointer:
         sd = self._state_dict(parts, with_rng=same_world, keys=manifest["contents"])
         dcp.load(sd, storage_reader=store.reader(store.root), no_dist=not dist.is_initialized())
         set_state_dict(parts.model, parts.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
-        parts.scheduler.load_state_dict({**parts.scheduler.state_dict(), **_scheduler_state(sd["scheduler"])})
         if parts.scaler is not None and "scaler" in sd:
             parts.scaler.load_state_dict(sd["scaler"])
-        position = DataPosition(**{k: int(v) for k, v in sd["data"].items()})
-        parts.sampler.check_resumable(position)
+        parts.data.load_state_dict(sd["data"])
         for key, value in sd["train"].items():
             setattr(parts.state, key, int(value))
-        parts.sampler.start = position.consumed
         if same_world:
             restore_rng(sd[rng_key(self.world.rank)], self.world.device)
         elif self.world.is_main:
@@ -173,19 +184,42 @@ class Checkpointer:
                         "data position and weights carry over; RNG streams start afresh")
         if store.root == self.store.path(parts.state.step):
             self.saved_step = parts.state.step
-        log.info(f"checkpoint: resumed from {path} (step {parts.state.step}, epoch {parts.state.epoch}, "
+        log.info(f"checkpoint: resumed from {path} (step {parts.state.step}, epoch {parts.data.epoch}, "
                  f"saved on {saved_world} ranks)")
 
     # -- saving --------------------------------------------------------------------------------
 
-    def save(self, parts: TrainingParts, final: bool = False) -> None:
-        """Checkpoint the current step; async when configured, except the final save."""
+    def resume(self, parts: TrainingParts) -> None:
+        """Restore ``parts`` from the checkpoint ``checkpoint.resume`` names, if any: the same
+        command starts and restarts a run."""
+        path = self.find_resume()
+        if path is not None:
+            self.load(path, parts)
+
+    def after_step(self, parts: TrainingParts, last: bool, stopping: bool) -> None:
+        """The save rule. On an agreed stop: a blocking save, since the process exits next. Every
+        ``checkpoint.every`` steps: a save, in the background when ``checkpoint.async_save``. The
+        last step is saved by ``after_run``."""
+        if stopping:
+            self.save(parts, blocking=True)
+        elif not last and self.cfg.every and parts.state.step % self.cfg.every == 0:
+            self.save(parts, blocking=False)
+
+    def after_run(self, parts: TrainingParts) -> None:
+        """Training reached its end: that step is saved and committed before the program exits
+        (also when a run resumed at or past max_steps from elsewhere)."""
+        self.wait()
+        if self.saved_step != parts.state.step:
+            self.save(parts, blocking=True)
+
+    def save(self, parts: TrainingParts, blocking: bool) -> None:
+        """Checkpoint the current step: committed on return when ``blocking``, else in the background."""
         step = parts.state.step
         path = self.store.path(step)
         self.wait()
         sd = self._state_dict(parts, with_rng=True)
         writer = self.store.writer(path)
-        if self._async_pool is None or final:
+        if self._async_pool is None or blocking:
             dcp.save(sd, storage_writer=writer, no_dist=not dist.is_initialized())
             self._commit(step, path, sorted(sd))
             return
@@ -220,7 +254,7 @@ class Checkpointer:
             "contents": [k for k in contents if not k.startswith("rng_rank")],
             "torch": torch.__version__,
             "gangrun": _version(),
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "config": self.config_toml,
         }
         self.store.commit(path, manifest)
@@ -244,6 +278,16 @@ class Checkpointer:
             pending, self._pending = self._pending, None
             pending.result()
 
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
     def close(self) -> None:
         """Finish the save in flight and the pruning, then stop the background threads."""
         try:
@@ -258,7 +302,8 @@ class Checkpointer:
                 dist.destroy_process_group(self._async_group)
                 self._async_group = None
 
-
-def _scheduler_state(saved: dict[str, Any]) -> dict[str, Any]:
-    # Only the position is saved: the schedule itself is a function rebuilt from the config.
-    return {"last_epoch": int(saved["last_epoch"]), "_step_count": int(saved["last_epoch"]) + 1}
+    def abandon(self) -> None:
+        """On an exception: stop taking work and do not wait; an uncommitted save is never loaded."""
+        for pool in (self._async_pool, self._prune_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter, StorageReader, StorageWriter
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+from train.compat import fsspec_reader, fsspec_writer
 
 MANIFEST = "commit.json"
 METADATA = ".metadata"
@@ -59,10 +60,10 @@ class CheckpointStore:
     def writer(self, path: str) -> StorageWriter:
         if self.local:
             return FileSystemWriter(path, sync_files=True)
-        return FsspecWriter(self.fs.unstrip_protocol(path), sync_files=False)
+        return fsspec_writer(self.fs.unstrip_protocol(path), sync_files=False)
 
     def reader(self, path: str) -> StorageReader:
-        return FileSystemReader(path) if self.local else FsspecReader(self.fs.unstrip_protocol(path))
+        return FileSystemReader(path) if self.local else fsspec_reader(self.fs.unstrip_protocol(path))
 
     def is_committed(self, path: str) -> bool:
         return self.fs.exists(f"{path}/{METADATA}") and self.fs.exists(f"{path}/{MANIFEST}")
@@ -81,7 +82,8 @@ class CheckpointStore:
             match = _STEP_DIR.match(entry.rstrip("/").rsplit("/", 1)[-1])
             if match:
                 steps.append(int(match.group(1)))
-        committed, incomplete = [], []
+        committed: list[int] = []
+        incomplete: list[int] = []
         for step in sorted(steps, reverse=True):
             (committed if self.is_committed(self.path(step)) else incomplete).append(step)
         return Listing(committed, incomplete)

@@ -196,7 +196,8 @@ def _apply(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
         dotted = f"{prefix}{key}"
         if key not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(dotted, "unknown key", f"known keys{' in [' + prefix[:-1] + ']' if prefix else ''}: {known}")
+            where = f" in [{prefix[:-1]}]" if prefix else ""
+            raise ConfigError(dotted, "unknown key", f"known keys{where}: {known}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):

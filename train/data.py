@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 from train.config import Config, ConfigError
+
+
+def size(dataset: Dataset) -> int:
+    """len() of a map-style dataset: torch's Dataset type declares no __len__, every one we use has it."""
+    return len(dataset)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -45,7 +51,7 @@ class IndexedDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return size(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         return (*self.dataset[index], index)
@@ -68,26 +74,26 @@ class GlobalBatchSampler(DistributedSampler):
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.dataset) // self.global_batch
+        return size(self.dataset) // self.global_batch
 
     def epoch_order(self) -> list[int]:
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        order = torch.randperm(size(self.dataset), generator=generator).tolist()
         return order[: self.steps_per_epoch * self.global_batch]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_order()[self.start + self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return (self.steps_per_epoch * self.global_batch - self.start) // self.num_replicas
 
     def position(self, epoch: int, consumed: int) -> DataPosition:
-        return DataPosition(epoch, consumed, self.seed, len(self.dataset), self.global_batch)
+        return DataPosition(epoch, consumed, self.seed, size(self.dataset), self.global_batch)
 
     def check_resumable(self, saved: DataPosition) -> None:
         """A saved position only means the same samples with the same data, seed and global batch."""
-        for key, name, now, then in (("data", "dataset length", len(self.dataset), saved.dataset_len),
+        for key, name, now, then in (("data", "dataset length", size(self.dataset), saved.dataset_len),
                                      ("seed", "seed", self.seed, saved.seed),
                                      ("train.global_batch_size", "global batch", self.global_batch,
                                       saved.global_batch)):
@@ -97,16 +103,36 @@ class GlobalBatchSampler(DistributedSampler):
 
 
 class EvalShardSampler(Sampler[int]):
-    """Rank r evaluates samples r, r+W, …: no padding, so summed metrics count each sample once."""
+    """Rank r evaluates samples r, r+W, …, padded to ceil(N/W) so every rank runs the same batches.
+
+    A rank with fewer batches than its peers would leave them waiting in FSDP's all-gather (or DDP's
+    buffer broadcast) forever. Padding indices point past the data (``index >= length``) and
+    PaddedEval marks them, so each real sample is still counted exactly once.
+    """
 
     def __init__(self, length: int, num_replicas: int, rank: int) -> None:
-        self.indices = range(rank, length, num_replicas)
+        per_rank = -(-length // num_replicas)
+        self.indices = range(rank, per_rank * num_replicas, num_replicas)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class PaddedEval(Dataset):
+    """Yields ``(*sample, real)``: indices past the end repeat the first sample with ``real = 0``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return size(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        real = index < len(self)
+        return (*self.dataset[index if real else 0], torch.tensor(float(real)))
 
 
 def _digits() -> DataBundle:
@@ -124,11 +150,11 @@ def _digits() -> DataBundle:
                       in_channels=1, num_classes=10)
 
 
-def _image_transform(size: int, channels: int):
+def _image_transform(pixels: int, channels: int) -> Callable[[Any], torch.Tensor]:
     from torchvision import transforms
 
     mean, std = [0.5] * channels, [0.25] * channels
-    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+    return transforms.Compose([transforms.Resize(pixels), transforms.CenterCrop(pixels), transforms.ToTensor(),
                                transforms.Normalize(mean, std)])
 
 
@@ -220,12 +246,13 @@ def train_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) ->
     sampler = GlobalBatchSampler(bundle.train, world_size, rank, cfg.train.global_batch_size, cfg.seed)
     if sampler.steps_per_epoch == 0:
         raise ConfigError("train.global_batch_size", f"{cfg.train.global_batch_size} exceeds the "
-                          f"{len(bundle.train)} training samples", "use a smaller global batch")
+                          f"{size(bundle.train)} training samples", "use a smaller global batch")
     return DataLoader(IndexedDataset(bundle.train), batch_size=cfg.train.micro_batch_size, sampler=sampler,
                       num_workers=cfg.data.num_workers)
 
 
 def eval_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) -> DataLoader:
-    return DataLoader(bundle.eval, batch_size=cfg.train.micro_batch_size,
-                      sampler=EvalShardSampler(len(bundle.eval), world_size, rank),
+    """Batches of (inputs, targets, real): the same number and sizes on every rank (see EvalShardSampler)."""
+    return DataLoader(PaddedEval(bundle.eval), batch_size=cfg.train.micro_batch_size,
+                      sampler=EvalShardSampler(size(bundle.eval), world_size, rank),
                       num_workers=cfg.data.num_workers)

@@ -1,14 +1,27 @@
-"""Rank-0 metrics: log lines, JSON lines, TensorBoard when asked, and a curves.png at the end."""
+"""Rank-0 metrics: log lines, one JSONL history across resumes, TensorBoard when asked, curves.png at the end.
+
+Metrics decides for itself when it acts: every rank hands it each step's loss, and every
+``train.log_every`` steps (and at the last) it averages the loss over ranks and rank 0 writes a row.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
+
+import torch
+
+from train.distributed import World, all_reduce_sum
 
 log = logging.getLogger("train")
+HISTORY = "metrics.jsonl"
 
 
 def setup_logging(rank: int) -> None:
@@ -17,19 +30,45 @@ def setup_logging(rank: int) -> None:
                         stream=sys.stdout, force=True)
 
 
-class MetricsWriter:
-    """Writes rows only on rank 0; other ranks get a writer that does nothing."""
+def keep_history(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """The rows of ``path`` up to ``upto_step``, with the file rewritten to hold only those.
 
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
+    A run resumed from step N redoes the steps after N, so rows logged past N by the attempt that
+    stopped (a crash after the checkpoint) would repeat; they are dropped, atomically, before the
+    resumed run appends. A fresh run (N = 0) starts a fresh history.
+    """
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [row for row in rows if row["step"] <= upto_step]
+    if len(kept) != len(rows):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in kept)
+        os.replace(tmp, path)
+    return kept
+
+
+class Metrics:
+    """The training log of one run; writes only on rank 0, but every rank must call ``after_step``."""
+
+    def __init__(self, output_dir: Path, world: World, start_step: int, max_steps: int, log_every: int,
+                 global_batch: int, tensorboard: bool) -> None:
+        self.output_dir, self.world = output_dir, world
+        self.enabled = world.is_main
+        self.max_steps, self.log_every, self.global_batch = max_steps, log_every, global_batch
         self.rows: list[dict[str, Any]] = []
-        self._file = None
-        self._tb = None
-        if not enabled:
+        self._file: IO[str] | None = None
+        self._tb: Any = None
+        self._progress: Any = None
+        self._window_loss = torch.zeros((), device=world.device)
+        self._window_steps = 0
+        self._window_start = time.perf_counter()
+        if not self.enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.output_dir = output_dir
-        self._file = (output_dir / "metrics.jsonl").open("a", buffering=1)
+        self.rows = keep_history(output_dir / HISTORY, start_step)
+        self._file = (output_dir / HISTORY).open("a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -37,9 +76,46 @@ class MetricsWriter:
                 raise RuntimeError("metrics.tensorboard=true needs the tensorboard package: "
                                    "pip install 'gangrun[tensorboard]'") from err
             self._tb = SummaryWriter(str(output_dir / "tensorboard"))
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._progress = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def __enter__(self) -> Metrics:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for closable in (self._progress, self._file, self._tb):
+            if closable is not None:
+                closable.close()
+
+    def after_step(self, step: int, epoch: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        """Count this step; on a log step, average over ranks and write a row. ``loss`` stays a
+        tensor until then, so a GPU step never waits for it."""
+        self._window_loss, self._window_steps = self._window_loss + loss, self._window_steps + 1
+        if self._progress is not None:
+            self._progress.update(1)
+        if step % self.log_every and step != self.max_steps:
+            return
+        elapsed = time.perf_counter() - self._window_start
+        (loss_sum,) = all_reduce_sum([self._window_loss.item() / self._window_steps], self.world)
+        row = {"step": step, "epoch": epoch, "loss": loss_sum / self.world.world_size, "lr": lr,
+               "grad_norm": grad_norm.item(), "samples_per_s": self._window_steps * self.global_batch / elapsed}
+        self.write(row)
+        log.info(f"step {step:>6}  epoch {epoch:>3}  loss {row['loss']:.4f}  lr {lr:.2e}  "
+                 f"grad_norm {row['grad_norm']:.3f}  {row['samples_per_s']:.0f} samples/s")
+        self._window_loss, self._window_steps = torch.zeros_like(self._window_loss), 0
+        self._window_start = time.perf_counter()
+
+    def after_eval(self, step: int, epoch: int, results: dict[str, float]) -> None:
+        self.write({"step": step, "epoch": epoch, **results})
+        log.info(f"eval  step {step:>6}  loss {results['eval_loss']:.4f}  accuracy {results['eval_accuracy']:.4f}")
+        # Evaluation time is not training throughput.
+        self._window_start = time.perf_counter()
 
     def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
+        if self._file is None:
             return
         self.rows.append(row)
         self._file.write(json.dumps(row) + "\n")
@@ -48,8 +124,8 @@ class MetricsWriter:
                 if key not in ("step", "epoch") and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, row["step"])
 
-    def plot(self, metric: str) -> Path | None:
-        """Loss and ``metric`` against step, for a person to look at."""
+    def plot(self, metric: str = "eval_accuracy") -> Path | None:
+        """Loss and ``metric`` against step over the whole history, resumes included."""
         if not self.enabled or not self.rows:
             return None
         import matplotlib
@@ -68,10 +144,5 @@ class MetricsWriter:
         path = self.output_dir / "curves.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
+        log.info(f"curves: {path}")
         return path
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self._tb is not None:
-            self._tb.close()

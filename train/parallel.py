@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
 
 import torch
 import torch.distributed as dist
@@ -46,7 +45,7 @@ def shard_fsdp(model: nn.Module, world: World, precision: str) -> nn.Module:
 # Unannotated on purpose: DDP checks a hook's annotations against the classes themselves, and this
 # module's `from __future__ import annotations` would hand it strings. group: ProcessGroup | None,
 # bucket: dist.GradBucket, returns Future[Tensor].
-def allreduce_per_parameter(group, bucket):  # noqa: ANN001, ANN201
+def allreduce_per_parameter(group, bucket):  # type: ignore[no-untyped-def]
     """DDP's gradient mean, one all-reduce per parameter instead of one per bucket.
 
     An all-reduce sums each element in an order set by its offset in the reduced buffer. DDP
@@ -76,7 +75,7 @@ def wrap_model(model: nn.Module, mode: str, world: World, precision: str = "fp32
     return model
 
 
-def no_grad_sync(model: nn.Module, final_micro_step: bool) -> ContextManager:
+def no_grad_sync(model: nn.Module, final_micro_step: bool) -> contextlib.AbstractContextManager[None]:
     """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last micro-step."""
     if isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(final_micro_step)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager
 
 import torch
 
@@ -16,7 +16,7 @@ class Precision:
     dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager[None]:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
 

@@ -20,7 +20,7 @@ def rng_key(rank: int) -> str:
 
 def capture_rng(device: torch.device) -> dict[str, torch.Tensor]:
     version, mt_state, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "python": torch.tensor([version, *mt_state], dtype=torch.int64),

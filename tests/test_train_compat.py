@@ -1,0 +1,74 @@
+"""The training program's torch floor and the private torch shapes train/compat.py uses, checked here."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import torch
+from torch.distributed.checkpoint import StorageReader, StorageWriter
+
+from tests.conftest import REPO
+from train import compat
+
+
+def declared_floor(requirement_name: str) -> tuple[int, int]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = next(d for d in deps if re.match(rf"{requirement_name}\b", d))
+    match = re.fullmatch(rf"{requirement_name}>=(\d+)\.(\d+)", spec)
+    assert match, f"pyproject.toml: {spec!r} is not '{requirement_name}>=X.Y'"
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_the_declared_floor_is_the_programs_floor_and_this_torch_meets_it() -> None:
+    assert declared_floor("torch") == compat.TORCH_FLOOR
+    assert compat.torch_floor_problem(torch.__version__) is None
+
+
+def test_the_dockerfiles_default_base_brings_no_torch_below_the_floor() -> None:
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.MULTILINE).group(1)
+    bundled = re.match(r"(?:docker\.io/)?pytorch/pytorch:(\d+)\.(\d+)", base)
+    if bundled:
+        assert (int(bundled.group(1)), int(bundled.group(2))) >= compat.TORCH_FLOOR, base
+    else:
+        # A plain Python base: torch comes from the project's own `torch>=floor` dependency.
+        assert re.match(r"(?:docker\.io/)?(?:library/)?python:3\.1[1-9]", base), base
+
+
+@pytest.mark.parametrize("version, problem", [("2.13.0+cpu", False), ("2.14.1", False), ("3.0.0", False),
+                                              ("2.12.1", True), ("2.7.1+cu128", True)])
+def test_the_floor_check(version: str, problem: bool) -> None:
+    found = compat.torch_floor_problem(version)
+    assert (found is not None) == problem
+    if found:
+        assert found.startswith(f"{version} is older than 2.13") and "torch>=2.13" in found
+
+
+def test_an_older_torch_stops_the_program_with_one_line_exit_2(tmp_path) -> None:
+    # What `python -m train` does under torch 2.7.1 (the old default image's): one line, before any
+    # import of an API the floor guarantees.
+    fake = "import sys, runpy, torch; torch.__version__ = '2.7.1'; sys.argv[0] = 'train'; " \
+           "runpy.run_module('train', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", fake, "--config", "digits", f"output_dir={tmp_path}/out"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "train: error: torch: 2.7.1 is older than 2.13, the oldest this program supports; " \
+                          "use torch>=2.13\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_dcps_fsspec_storage_still_has_the_shape_we_use(tmp_path) -> None:
+    from torch.distributed.checkpoint import _fsspec_filesystem
+
+    for name in ("FsspecWriter", "FsspecReader"):
+        assert hasattr(_fsspec_filesystem, name), f"torch moved {name}: update train/compat.py"
+    writer_params = inspect.signature(_fsspec_filesystem.FsspecWriter).parameters
+    assert {"path", "sync_files"} <= set(writer_params), f"FsspecWriter now takes {list(writer_params)}"
+    assert isinstance(compat.fsspec_writer(f"file://{tmp_path}/w", sync_files=False), StorageWriter)
+    (tmp_path / "r").mkdir()
+    assert isinstance(compat.fsspec_reader(f"file://{tmp_path}/r"), StorageReader)

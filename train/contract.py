@@ -1,0 +1,21 @@
+"""The training program's side of its contract with the launcher and the engines, defined once.
+
+launcher/contract.py holds the launcher's side with the same values (the two halves never import
+each other); tests/test_contract.py checks that they agree with each other and with the shipped
+files in slurm/ and k8s/.
+"""
+
+from __future__ import annotations
+
+import signal
+
+EXIT_OK = 0
+# Bad input (config, data location, a checkpoint that cannot resume): retrying will not help.
+EXIT_BAD_INPUT = 2
+# EX_TEMPFAIL (sysexits.h): stopped on purpose, state saved, start me again with the same command.
+# Slurm requeues on it; the launcher never counts it as a crash to restart in place.
+EXIT_REQUEUE = 75
+# Slurm's preemption and time-limit notice. Not USR1: NCCL takes it.
+NOTICE_SIGNAL = signal.SIGUSR2
+# Each of these asks the ranks to save at the next step boundary and exit EXIT_REQUEUE.
+STOP_SIGNALS = (signal.SIGTERM, NOTICE_SIGNAL, signal.SIGINT)

@@ -1,0 +1,65 @@
+"""The program behind `python -m train`: read the config, join the world, train, exit with the contract's code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from train.config import ConfigError, accumulation_steps, load_config
+from train.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE
+from train.distributed import close_world, init_world
+from train.loop import fit
+from train.metrics import log, setup_logging
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument("--config", help="preset name in train/configs (digits, resnet-fake, gpt-tiny) or a TOML file")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="e.g. train.max_steps=50 optim.lr=3e-4 output_dir=runs/x")
+    return parser.parse_args(argv)
+
+
+@record
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(rank)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        accumulation_steps(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
+    except ConfigError as err:
+        # Every rank reads the same config and fails the same way; one of them says so.
+        if rank == 0:
+            print(f"train: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    world = init_world(cfg.train.device)
+    try:
+        if world.is_main:
+            output = Path(cfg.output_dir)
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "config.toml").write_text(cfg.to_toml())
+            log.info(f"config (also in {output / 'config.toml'}):\n{cfg.to_toml()}")
+        # fit() holds the model and its DDP/FSDP wrapper; they are freed when it returns, before
+        # the process group is (see close_world).
+        stopped_by = fit(cfg, world)
+    except BaseException as err:
+        # The failed frames hold the model, and with it DDP's reducer: let them go before the
+        # process group does (see close_world). The traceback keeps its lines for the error report.
+        traceback.clear_frames(err.__traceback__)
+        if not isinstance(err, ConfigError):
+            raise
+        if world.is_main:
+            print(f"train: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        close_world()
+    if stopped_by is not None:
+        log.info(f"exiting {EXIT_REQUEUE} (requeue me): stopped by {stopped_by} with the checkpoint committed")
+        return EXIT_REQUEUE
+    return EXIT_OK
