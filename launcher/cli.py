@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_help(command: str, target: str | None) -> str:
     """`gangrun COMMAND [--target X] --help`: only the flags that command and target read."""
+    others = "" if command == "run" else f"each target's own flags: gangrun {command} --target TARGET --help"
     parser = argparse.ArgumentParser(prog=f"gangrun {command}", description=SPEC_COMMANDS[command], add_help=False,
-                                     allow_abbrev=False)
+                                     allow_abbrev=False, epilog=others or None)
     add_command_arguments(parser, command, target)
     return parser.format_help()
 
