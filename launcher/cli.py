@@ -19,7 +19,7 @@ from launcher.engines.local import ENGINE as LOCAL
 from launcher.errors import SpecError
 from launcher.jobs import list_handles, load_handle
 from launcher.options import Option, options_of
-from launcher.profiles import resolve
+from launcher.profiles import all_options, resolve
 from launcher.spec import Entrypoint, JobSpec, parse_env_pairs
 
 _DEST = "opt:"
@@ -127,8 +127,7 @@ def target_of(args: argparse.Namespace) -> str:
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     """Option paths the command line set, mapping flags turned into tables."""
-    options = {opt.path: opt for opt in [*options_of(JobSpec),
-                                         *(o for n, e in ENGINES.items() for o in options_of(e.options, n))]}
+    options = all_options()
     flags: dict[str, Any] = {}
     for key, value in vars(args).items():
         if key.startswith(_DEST) and value is not None:
