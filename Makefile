@@ -1,9 +1,9 @@
-# The two set-up commands from the README: `make demo` and `make test`. Both build .venv first.
+# The set-up commands from the README: `make demo` and `make test`; the others serve development and CI.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test provision venv bench clean
 
 $(BIN)/gangrun: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -11,6 +11,7 @@ $(BIN)/gangrun: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# The virtualenv with gangrun and the dev tools, rebuilt when pyproject.toml or constraints.txt change.
 venv: $(BIN)/gangrun
 
 # A 2-process DDP run of a small CNN on scikit-learn's handwritten digits, on CPU. It is stopped
@@ -25,11 +26,18 @@ demo: venv
 	@echo "== run 2: the same command resumes from the newest committed checkpoint"
 	$(DEMO)
 
-test: venv
+# Debian packages, /etc/hosts names and podman's base image for the real-engine tests; seconds once done.
+provision: venv
+	$(BIN)/python tests/provision.py
+
+# The whole suite, every tier, after provisioning (what .ci/run runs).
+test: provision
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The benchmarks' side-by-side ratios, printed for a person to read.
 bench: venv
 	$(BIN)/python bench/bench_loop.py
 
+# Remove the virtualenv, run outputs and pytest's cache.
 clean:
 	rm -rf $(VENV) runs .pytest_cache

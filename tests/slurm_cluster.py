@@ -15,24 +15,19 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
-import pytest
+from tests.provision import SLURM_NODES, SLURM_PROGRAMS
+from tests.system import require_hosts, require_programs, require_root
 
-from tests.system import ensure_debs
-
-NODES = ("node1", "node2")
+NODES = SLURM_NODES
 CLUSTER = "gangrun"
 PARTITION = "debug"
 # Away from Slurm's defaults (6817-6819), so a site's own daemons are never in the way.
 CTLD_PORT, DBD_PORT, SLURMD_PORT_BASE = 16817, 16819, 17000
-PROGRAMS = {
-    "sbatch": "slurm-client", "slurmctld": "slurmctld", "slurmd": "slurmd", "slurmdbd": "slurmdbd",
-    "sacct": "slurm-client", "munged": "munge", "mariadbd": "mariadb-server",
-    "mariadb-install-db": "mariadb-server",
-}
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
 
@@ -99,10 +94,10 @@ class SlurmCluster:
 
     root: Path
     env: dict[str, str]
-    procs: list[subprocess.Popen] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list)
 
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(list(argv), env=self.env, check=check, capture_output=True, text=True)
 
     def job_field(self, job_id: str, name: str) -> str:
@@ -140,7 +135,7 @@ class SlurmCluster:
 
 
 def _wait(what: str, ready: Callable[[], bool], timeout_s: float, log: Path | None = None,
-          proc: subprocess.Popen | None = None) -> None:
+          proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll until ready; fail at once, with the log's tail, when the daemon has already exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and (proc is None or proc.poll() is None):
@@ -157,29 +152,18 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _add_hosts_entries() -> None:
-    """Make node1/node2 resolve to 127.0.0.1: torchrun's rendezvous host is a node name."""
-    hosts = Path("/etc/hosts")
-    names = hosts.read_text().split()
-    missing = [n for n in NODES if n not in names]
-    if missing:
-        with hosts.open("a") as f:
-            f.write(f"127.0.0.1 {' '.join(missing)}\n")
-
-
 def _munge_works() -> bool:
     return subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0
 
 
 def start_cluster(root: Path) -> SlurmCluster:
-    """Install what is missing (or skip), then start every daemon by hand and wait for idle nodes."""
-    ensure_debs(PROGRAMS, "Slurm on localhost")
-    if os.geteuid() != 0:
-        # Daemons as root, /etc/hosts entries, a database folder owned by mysql.
-        reason = "Slurm on localhost: needs root to start its daemons"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    """Check what tests/provision.py provides (or skip), then start every daemon by hand and wait for idle nodes."""
+    why = "Slurm on localhost"
+    require_programs(SLURM_PROGRAMS, why)
+    # torchrun's rendezvous host is a node name: node1 and node2 must resolve to this machine.
+    require_hosts(why)
+    # Daemons as root, a database folder owned by mysql.
+    require_root(why)
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool"):
         (root / sub).mkdir(exist_ok=True)
@@ -189,14 +173,14 @@ def start_cluster(root: Path) -> SlurmCluster:
     dbd_conf = root / "slurmdbd.conf"
     dbd_conf.write_text(slurmdbd_conf(root))
     dbd_conf.chmod(0o600)
-    _add_hosts_entries()
     env = {**os.environ, "SLURM_CONF": str(conf)}
     cluster = SlurmCluster(root, env)
-    logs = open(root / "daemons.log", "ab")
 
-    def start(argv: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, env={**env, **kwargs.pop("env", {})}, stdout=logs, stderr=logs,
-                                start_new_session=True, **kwargs)
+    def start(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        # The daemon keeps its own copy of the log's descriptor; ours closes at once.
+        with (root / "daemons.log").open("ab") as logs:
+            proc = subprocess.Popen(argv, env={**env, **kwargs.pop("env", {})}, stdout=logs, stderr=logs,
+                                    start_new_session=True, **kwargs)
         cluster.procs.append(proc)
         return proc
 

@@ -1,41 +1,47 @@
-"""Helpers for tests that need real system programs: install Debian packages once, when we may."""
+"""What the real-engine tests need from this machine, checked but never installed.
+
+tests/provision.py installs it (`make provision`, which `make test` runs first). Here a missing
+program, host name or image skips the test with a message that names that command; under CI=true
+it fails instead, because CI must run every real-engine test.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from functools import lru_cache
+from typing import NoReturn
 
 import pytest
 
+from tests.provision import hosts_problems, missing_programs
 
-def can_install() -> bool:
-    """Root with apt: the CI machine and developers' sandboxes. Elsewhere, tests skip."""
-    return os.geteuid() == 0 and shutil.which("apt-get") is not None
-
-
-@lru_cache(maxsize=1)
-def _apt_update() -> None:
-    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+PROVISION = "make provision (python3 tests/provision.py, as root)"
 
 
-def ensure_debs(programs: dict[str, str], why: str) -> None:
-    """Make each program (key) available, installing its Debian package (value) if missing.
+def unavailable(message: str, provisioning: bool = True) -> NoReturn:
+    """Skip the calling test, or fail it under CI=true; name the provisioning command when it would help."""
+    if provisioning:
+        message = f"{message}; run `{PROVISION}`"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
-    Skips the calling test with a clear reason when a program is missing and cannot be installed;
-    under CI=true that is a failure instead, because CI must run every real-engine test.
-    """
-    missing = {prog: pkg for prog, pkg in programs.items() if shutil.which(prog) is None}
-    if not missing:
-        return
-    if not can_install():
-        message = f"{why}: needs {', '.join(missing)} (Debian: {' '.join(sorted(set(missing.values())))})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    _apt_update()
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *sorted(set(missing.values()))],
-                   check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+def require_programs(programs: dict[str, str], why: str) -> None:
+    """Each program (key) must be on PATH; its Debian package (value) goes into the message."""
+    missing = missing_programs(programs)
+    if missing:
+        unavailable(f"{why}: needs {', '.join(missing)} (Debian: {' '.join(sorted(set(missing.values())))})")
+
+
+def require_root(why: str) -> None:
+    if os.geteuid() != 0:
+        unavailable(f"{why}: needs root", provisioning=False)
+
+
+def require_hosts(why: str) -> None:
+    """The Slurm node names resolve to this machine through /etc/hosts."""
+    absent, wrong = hosts_problems()
+    if absent:
+        unavailable(f"{why}: /etc/hosts lacks {', '.join(absent)}")
+    if wrong:
+        unavailable(f"{why}: {'; '.join(wrong)}", provisioning=False)
