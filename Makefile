@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The real engines' markers (pyproject.toml): test-fast leaves out every test that starts one.
+ENGINES := multiprocess or slurm or podman or s3
 
-.PHONY: demo test provision venv bench clean
+.PHONY: demo test test-fast provision venv bench clean
 
 $(BIN)/gangrun: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,10 @@ provision: venv
 # The whole suite, every tier, after provisioning (what .ci/run runs).
 test: provision
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Pure and unit tests only, no real engine: under a minute, for the edit-test loop.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not ($(ENGINES))" $(PYTEST_ARGS)
 
 # The benchmarks' side-by-side ratios, printed for a person to read.
 bench: venv

@@ -1,20 +1,25 @@
-"""A real S3-compatible server on loopback (moto's server mode) for checkpoint tests, and its client env."""
+"""A real S3-compatible server on loopback (moto's server mode) for checkpoint tests, and its client env.
+
+The `s3_server` fixture in tests/conftest.py starts it; tests using it carry the `s3` marker.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import pytest
+from tests.system import unavailable
 
-from tests.conftest import BIN
+BIN = Path(sys.executable).parent
 
 BUCKET = "gangrun-checkpoints"
 
@@ -28,7 +33,8 @@ class S3Server:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def filesystem(self):
+    def filesystem(self) -> Any:
+        """An s3fs filesystem on this server (s3fs ships no types)."""
         import s3fs
 
         return s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=self.endpoint,
@@ -44,19 +50,16 @@ def _free_port() -> int:
 def _program() -> str:
     program = shutil.which("moto_server", path=str(BIN))
     if program is None:
-        message = "moto's server is missing: pip install -e '.[dev]' (moto[server], s3fs)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("moto's server is missing: pip install -e '.[dev]' (moto[server], s3fs)", provisioning=False)
     return program
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory) -> Iterator[S3Server]:
-    """moto_server on a free loopback port, with one empty bucket; stopped after the module."""
+@contextmanager
+def running_s3_server(folder: Path) -> Iterator[S3Server]:
+    """moto_server on a free loopback port, with one empty bucket, its log in folder; stopped on exit."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with Path(log).open("w") as out:
+    log = folder / "moto.log"
+    with log.open("w") as out:
         proc = subprocess.Popen([_program(), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
                                 stderr=subprocess.STDOUT)
     server = S3Server(f"http://127.0.0.1:{port}")

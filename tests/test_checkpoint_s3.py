@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.checkpoint_runs import assert_models_equal, read_checkpoint, run_in_process, run_ok
-from tests.s3_server import BUCKET, s3_server  # noqa: F401  (fixture)
+from tests.s3_server import BUCKET, S3Server
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
+# The `s3_server` fixture (tests/conftest.py) is moto's server on loopback; the ranks run under torchrun.
+pytestmark = [pytest.mark.s3, pytest.mark.multiprocess,
+              pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 
 DIGITS = ["train.global_batch_size=32", "train.micro_batch_size=16", "train.log_every=3", "train.eval_every=0",
           "metrics.plot=false", "checkpoint.every=3", "checkpoint.keep=2"]
 
 
-def test_save_to_s3_and_resume_from_it(s3_server, gangrun_env, tmp_path, monkeypatch):  # noqa: F811
+def test_save_to_s3_and_resume_from_it(s3_server: S3Server, gangrun_env: dict[str, str], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**gangrun_env, **s3_server.env()}
     url = f"s3://{BUCKET}/digits"
     first = run_ok(2, [*DIGITS, "train.max_steps=6", f"output_dir={tmp_path}/a", f"checkpoint.dir={url}"], env,

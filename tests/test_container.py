@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.k8s_cases import REPO, controller_env, expand, pod_container, rendered, workload
-from tests.podman import ensure_podman, build_image
+from tests.podman import Podman
 
 BIN = Path(sys.executable).parent
 JOB_NAME = "digits"
@@ -21,19 +21,19 @@ JOB_NAME = "digits"
 WAIT_S = 240
 
 
-def test_hadolint_clean():
+def test_hadolint_clean() -> None:
     proc = subprocess.run([str(BIN / "hadolint"), str(REPO / "docker" / "Dockerfile")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_shellcheck_clean():
+def test_shellcheck_clean() -> None:
     scripts = sorted((REPO / "docker").glob("*.sh"))
     assert scripts
     proc = subprocess.run([str(BIN / "shellcheck"), *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_build_dry_run_prints_the_command_with_the_ca_as_a_secret(tmp_path):
+def test_build_dry_run_prints_the_command_with_the_ca_as_a_secret(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "launcher", "build", "--dry-run", "--engine", "podman",
                            "--tag", "example/gangrun:1"], cwd=REPO, capture_output=True, text=True,
                           env={"PATH": str(BIN), "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
@@ -45,20 +45,17 @@ def test_build_dry_run_prints_the_command_with_the_ca_as_a_secret(tmp_path):
     assert "COPY" not in (REPO / "docker" / "Dockerfile").read_text().split("pip_cert")[0].splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def podman_image(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("podman")
-    podman = ensure_podman(workdir)
-    return podman, build_image(podman, workdir)
-
-
-def test_image_runs_as_uid_1000(podman_image):
+# The tests below use the session's `podman_image` fixture (tests/conftest.py): the image is built once.
+@pytest.mark.podman
+def test_image_runs_as_uid_1000(podman_image: tuple[Podman, str]) -> None:
     podman, image = podman_image
     proc = podman.run("run", "--rm", "--pull=never", image, "id", "-u")
     assert proc.stdout.strip() == "1000"
 
 
-def test_two_node_job_in_one_pod(podman_image, tmp_path):
+@pytest.mark.podman
+@pytest.mark.multiprocess
+def test_two_node_job_in_one_pod(podman_image: tuple[Podman, str], tmp_path: Path) -> None:
     """World size 4 (2 nodes x 2 processes) trains a few steps of digits from the rendered manifest."""
     podman, image = podman_image
     argv = ["render", "--target", "k8s", "--kind", "job", "--name", JOB_NAME, "--nnodes", "2",

@@ -8,15 +8,15 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.checkpoint_runs import assert_models_equal, read_checkpoint
 from tests.conftest import BIN, REPO
-from tests.slurm_cluster import SlurmCluster, start_cluster
+from tests.slurm_cluster import SlurmCluster
 
-pytestmark = pytest.mark.multiprocess
+# Every test here uses the session's `cluster` fixture (tests/conftest.py) and runs torchrun on it.
+pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
 STEPS = 200
 # The preemption test compares bits on world 4, where the order of a gradient sum can show
 # (train.parallel.allreduce_per_parameter keeps it fixed).
@@ -29,18 +29,11 @@ def digits(output_dir: Path, micro_batch: int = 32) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    running = start_cluster(tmp_path_factory.mktemp("slurm"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def work(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("work")
 
 
-def gangrun(cluster: SlurmCluster, work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def gangrun(cluster: SlurmCluster, work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in cluster.env.items() if not k.startswith(("GANGRUN_", "SLURM_JOB", "TORCHELASTIC"))}
     env.update(GANGRUN_HOME=str(work / "home"), PATH=f"{BIN}{os.pathsep}{env['PATH']}", MPLCONFIGDIR=str(work / "mpl"))
     return subprocess.run([str(BIN / "gangrun"), *args], env=env, cwd=work, capture_output=True, text=True,
@@ -50,7 +43,9 @@ def gangrun(cluster: SlurmCluster, work: Path, *args: str, timeout: float = 300)
 def submit(cluster: SlurmCluster, work: Path, *args: str) -> str:
     result = gangrun(cluster, work, "submit", "--target", "slurm", *args)
     assert result.returncode == 0, result.stderr
-    return re.search(r"submitted slurm-(\d+)", result.stdout).group(1)
+    submitted = re.search(r"submitted slurm-(\d+)", result.stdout)
+    assert submitted, result.stdout
+    return submitted.group(1)
 
 
 def wait_for_line(cluster: SlurmCluster, work: Path, job: str, pattern: str, count: int = 1) -> str:
