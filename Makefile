@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The real engines' markers (pyproject.toml): test-fast leaves out every test that starts one.
 ENGINES := multiprocess or slurm or podman or s3
 
-.PHONY: demo test test-fast provision venv bench clean
+.PHONY: demo test test-fast lint provision venv bench clean
 
 $(BIN)/gangrun: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,18 @@ demo: venv
 provision: venv
 	$(BIN)/python tests/provision.py
 
-# The whole suite, every tier, after provisioning (what .ci/run runs).
+# The whole suite, every tier, after provisioning (what .ci/run runs); pytest's exit 5 (no test ran) is named.
 test: provision
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || { s=$$?; [ $$s -ne 5 ] || echo "make test: pytest ran no test" >&2; exit $$s; }
 
 # Pure and unit tests only, no real engine: under a minute, for the edit-test loop.
 test-fast: venv
 	$(BIN)/python -m pytest -m "not ($(ENGINES))" $(PYTEST_ARGS)
+
+# ruff's rules and mypy's types, as configured in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check
+	$(BIN)/mypy
 
 # The benchmarks' side-by-side ratios, printed for a person to read.
 bench: venv
