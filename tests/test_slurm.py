@@ -71,7 +71,7 @@ def test_two_node_job_completes_with_world_4(cluster: SlurmCluster, work: Path) 
     args = ["--nnodes", "2", "--nproc-per-node", "2", "--name", "digits", *digits(work / "world4", micro_batch=16)]
     job, logs = run_to_end(cluster, work, *args)
     # What `render` prints offline is exactly what was submitted, and the job's folder keeps it.
-    submitted = next((work / "home" / "slurm" / "digits").glob(f"{job}_submission.sh")).read_text()
+    submitted = (work / "home" / "slurm" / "digits" / f"{job}.sbatch").read_text()
     assert gangrun(cluster, work, "render", "--target", "slurm", *args).stdout == submitted + "\n"
     assert "training: world 4" in logs, logs[-3000:]
     assert re.search(r"^\[node\d\] \[rank0\]: eval .* accuracy 0\.\d+", logs, re.MULTILINE), logs[-3000:]
