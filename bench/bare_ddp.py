@@ -26,7 +26,7 @@ data = build_data(cfg)
 torch.manual_seed(0)
 model = DistributedDataParallel(SmallCNN(data.in_channels, data.num_classes))
 optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, seed=0, drop_last=True)
+sampler: DistributedSampler[int] = DistributedSampler(data.train, num_replicas=world, rank=rank, seed=0, drop_last=True)
 loader = DataLoader(data.train, batch_size=cfg.train.global_batch_size // world, sampler=sampler, drop_last=True)
 step, epoch, start = 0, 0, 0.0
 while step < steps:

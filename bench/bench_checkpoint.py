@@ -68,9 +68,9 @@ def worker(args: argparse.Namespace) -> None:
     model_sd, optim_sd = get_state_dict(run.parts.model, run.parts.optimizer)
     local = [t.to_local() if hasattr(t, "to_local") else t for t in _tensors((model_sd, optim_sd))]
     local_bytes = sum(t.numel() * t.element_size() for t in local)
-    total_mb = torch.tensor([local_bytes], dtype=torch.float64)
-    dist.all_reduce(total_mb)
-    total_mb = total_mb.item() / 2**20
+    total_bytes = torch.tensor([local_bytes], dtype=torch.float64)
+    dist.all_reduce(total_bytes)
+    total_mb = total_bytes.item() / 2**20
 
     def timed(action) -> float:
         dist.barrier()

@@ -49,7 +49,10 @@ def bare_steps_per_s(steps: int, warmup: int) -> float:
                             env=ENV, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bare DDP loop exited {result.returncode}:\n{result.stderr[-3000:]}")
-    return float(re.search(r"bare steps/s ([\d.]+)", result.stdout).group(1))
+    match = re.search(r"bare steps/s ([\d.]+)", result.stdout)
+    if match is None:
+        raise SystemExit(f"bare DDP loop printed no steps/s:\n{result.stdout[-3000:]}")
+    return float(match.group(1))
 
 
 def wall(argv: list[str]) -> float:

@@ -7,7 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ def rendered(argv: list[str]) -> list[dict[str, Any]]:
     return render_objects(*spec_for(argv))
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_schema(kind: str) -> dict[str, Any]:
     """The published schema, closed: unknown fields fail instead of being pruned by the API server."""
     doc = json.loads((CRDS / f"{CRD_FILES[kind]}.schema.json").read_text())
@@ -105,7 +105,8 @@ def validate_object(obj: dict[str, Any]) -> list[str]:
 
 
 def yamllint(text: str) -> subprocess.CompletedProcess:
-    config = "{extends: default, rules: {line-length: {max: 120}, document-start: disable, indentation: {indent-sequences: whatever}}}"
+    config = ("{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
+              "indentation: {indent-sequences: whatever}}}")
     return subprocess.run([sys.executable, "-m", "yamllint", "-f", "parsable", "-d", config, "-"],
                           input=text, capture_output=True, text=True)
 

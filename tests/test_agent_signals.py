@@ -3,6 +3,7 @@ of the step (as Slurm's proctrack sends it), the agent survives it, and exit 75 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,7 +36,8 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def start_agent(launcher: list[str], tmp_path: Path, env: dict[str, str], max_restarts: int) -> tuple[subprocess.Popen, Path]:
+def start_agent(launcher: list[str], tmp_path: Path, env: dict[str, str],
+                max_restarts: int) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / "agent.log"
     argv = [*launcher, "--standalone", "--nproc-per-node=2", f"--max-restarts={max_restarts}", "--tee=3", WORKER, "60"]
     proc = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -48,10 +50,9 @@ def start_agent(launcher: list[str], tmp_path: Path, env: dict[str, str], max_re
 
 def notice_to_step(proc: subprocess.Popen) -> None:
     for pid in [proc.pid, *descendants(proc.pid)]:
-        try:
+        # A worker may have exited between listing and signalling.
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGUSR2)
-        except ProcessLookupError:
-            pass
 
 
 def test_gangrun_agent_survives_the_notice_and_exits_75_without_restarting(tmp_path: Path,

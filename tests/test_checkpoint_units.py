@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.utils.data import TensorDataset
 
 from tests.checkpoint_runs import assert_models_equal, committed_steps, read_checkpoint, run_in_process
 from train import loop
@@ -74,7 +75,7 @@ def test_rng_round_trip():
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_data_position_restripes_to_any_world_size(world):
-    dataset = list(range(100))
+    dataset = TensorDataset(torch.arange(100))
     samplers = [GlobalBatchSampler(dataset, world, rank, global_batch=12, seed=3) for rank in range(world)]
     for sampler in samplers:
         sampler.set_epoch(1)

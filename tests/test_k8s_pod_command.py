@@ -16,8 +16,7 @@ import pytest
 
 from launcher.engines.k8s.manifests import form_of
 from tests.conftest import plant_decoys
-from tests.k8s_cases import REPO, controller_env, expand, header_command, pod_container, rendered, spec_for, \
-    workload
+from tests.k8s_cases import REPO, controller_env, expand, header_command, pod_container, rendered, spec_for, workload
 
 MANIFESTS = sorted((REPO / "k8s").glob("*.yaml"))
 
@@ -52,7 +51,7 @@ def test_pod_command_trains(path, tmp_path, gangrun_env):
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     assert not any("DECOY" in out for out in outputs), outputs[0][-2000:]
-    for node, (proc, out) in enumerate(zip(procs, outputs)):
+    for node, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0, f"node {node} exited {proc.returncode}:\n{out[-4000:]}"
     # Rank 0 reports the world it trained in: every node's processes joined one group.
     assert f"training: world {nodes * int(spec.nproc_per_node)}," in outputs[0]

@@ -9,12 +9,22 @@ import shlex
 import pytest
 
 from launcher.cli import main
-from launcher.errors import SpecError
 from launcher.contract import AGENT_MODULE, SAFE_PATH_FLAG
 from launcher.engines.k8s.checks import check_objects
 from launcher.engines.k8s.manifests import PET_VARS, form_of
-from tests.k8s_cases import GOLDEN, KINDS, REPO, controller_env, load_stream, pod_container, render_cases, \
-    rendered, spec_for, workload
+from launcher.errors import SpecError
+from tests.k8s_cases import (
+    GOLDEN,
+    KINDS,
+    REPO,
+    controller_env,
+    load_stream,
+    pod_container,
+    render_cases,
+    rendered,
+    spec_for,
+    workload,
+)
 
 CASES = render_cases()
 
@@ -98,7 +108,8 @@ def test_gpu_job_essentials():
     service, job = rendered(CASES["job-gpu"])
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    resources = container["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 8
     assert pod["restartPolicy"] == "Never"
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
     assert job["spec"]["backoffLimit"] == 3 * 4

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher.jobs import JobHandle
 from launcher.engines.k8s.kubectl import apply_argv, delete_argv, filter_rank, logs_argv, summarize_status
+from launcher.jobs import JobHandle
 
 BIN = Path(sys.executable).parent
 

@@ -96,6 +96,7 @@ def test_sigterm_reaches_the_workers(gangrun_env, tmp_path):
     proc = subprocess.Popen([str(BIN / "gangrun"), "run", "--nproc-per-node", "2", str(SCRIPTS / "report_world.py")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     ready = 0
+    assert proc.stdout is not None
     for line in proc.stdout:
         ready += line.strip().endswith("ready")
         if ready == 2:
@@ -114,6 +115,7 @@ def test_sigterm_to_training_saves_and_exits_75_then_resumes(gangrun_env, tmp_pa
             f"output_dir={out}"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=gangrun_env,
                             cwd=tmp_path)
+    assert proc.stdout is not None
     for line in proc.stdout:
         if "step     10 " in line:
             break

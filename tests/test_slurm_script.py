@@ -84,7 +84,8 @@ def test_requeue_off_renders_no_requeue() -> None:
 def _torchrun_flags(text: str) -> list[str]:
     """torchrun's flag names, in order, from the lines after ``-P -m launcher.agent``."""
     lines = text.split("-P -m launcher.agent \\\n", 1)[1].splitlines()
-    return [re.match(r"""\s*['"]?(--[a-z-]+)""", line).group(1) for line in lines if re.match(r"""\s*['"]?--""", line)]
+    flag = re.compile(r"""\s*['"]?(--[a-z-]+)""")
+    return [match.group(1) for line in lines if (match := flag.match(line))]
 
 
 def test_plain_script_keeps_the_launchers_topology_rules() -> None:
@@ -141,11 +142,14 @@ def test_logs_prefix_node_and_filter_by_rank(tmp_path: Path) -> None:
 def test_controller_state_is_read_from_scontrol_one_line_records() -> None:
     running = ("JobId=12 JobName=digits UserId=root(0) JobState=RUNNING Reason=None Dependency=(null) "
                "ReqNodeList=(null) ExcNodeList=(null) NodeList=node[1-2] BatchHost=node1 NumNodes=2\n")
-    assert parse_scontrol(running) == JobState("RUNNING", "node[1-2]")
-    assert parse_scontrol(running).describe() == "RUNNING on node[1-2]" and not parse_scontrol(running).done
+    state = parse_scontrol(running)
+    assert state == JobState("RUNNING", "node[1-2]")
+    assert state.describe() == "RUNNING on node[1-2]" and not state.done
     pending = "JobId=13 JobName=x JobState=PENDING Reason=BeginTime ReqNodeList=(null) NodeList=(null)\n"
-    assert parse_scontrol(pending).describe() == "PENDING"
-    assert parse_scontrol("JobId=14 JobState=CANCELLED Reason=None NodeList=node1\n").done
+    assert parse_scontrol(pending) == JobState("PENDING", "(null)")
+    assert JobState("PENDING", "(null)").describe() == "PENDING"
+    assert JobState("CANCELLED", "node1").done
+    assert parse_scontrol("JobId=14 JobState=CANCELLED Reason=None NodeList=node1\n") == JobState("CANCELLED", "node1")
     assert parse_scontrol("") is None
 
 

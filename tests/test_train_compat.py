@@ -31,7 +31,9 @@ def test_the_declared_floor_is_the_programs_floor_and_this_torch_meets_it() -> N
 
 def test_the_dockerfiles_default_base_brings_no_torch_below_the_floor() -> None:
     text = (REPO / "docker" / "Dockerfile").read_text()
-    base = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.MULTILINE).group(1)
+    found = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.MULTILINE)
+    assert found, "docker/Dockerfile has no ARG BASE_IMAGE=default"
+    base = found.group(1)
     bundled = re.match(r"(?:docker\.io/)?pytorch/pytorch:(\d+)\.(\d+)", base)
     if bundled:
         assert (int(bundled.group(1)), int(bundled.group(2))) >= compat.TORCH_FLOOR, base

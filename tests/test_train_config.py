@@ -43,5 +43,5 @@ def test_bad_overrides(override):
 def test_accumulation_keeps_the_global_batch():
     cfg = TrainLoopConfig(global_batch_size=64, micro_batch_size=16)
     assert [accumulation_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
-    with pytest.raises(ConfigError, match="train.global_batch_size"):
+    with pytest.raises(ConfigError, match=r"train\.global_batch_size"):
         accumulation_steps(cfg, 3)
