@@ -14,6 +14,7 @@ import pytest
 
 from tests.k8s_cases import REPO, controller_env, expand, pod_container, rendered, workload
 from tests.podman import Podman
+from train.compat import TORCH_FLOOR, torch_version
 
 BIN = Path(sys.executable).parent
 JOB_NAME = "digits"
@@ -51,6 +52,17 @@ def test_image_runs_as_uid_1000(podman_image: tuple[Podman, str]) -> None:
     podman, image = podman_image
     proc = podman.run("run", "--rm", "--pull=never", image, "id", "-u")
     assert proc.stdout.strip() == "1000"
+
+
+@pytest.mark.podman
+def test_the_images_torch_is_at_or_above_the_declared_floor(podman_image: tuple[Podman, str]) -> None:
+    podman, image = podman_image
+    version = podman.run("run", "--rm", "--pull=never", image, "python", "-c",
+                         "import torch; print(torch.__version__)").stdout.strip()
+    assert torch_version(version) >= TORCH_FLOOR, f"the image holds torch {version}"
+    # The program's own check agrees, inside the image.
+    podman.run("run", "--rm", "--pull=never", image, "python", "-c",
+               "from train.compat import torch_floor_problem as p; assert p() is None, p()")
 
 
 @pytest.mark.podman

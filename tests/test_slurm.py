@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.checkpoint_runs import assert_models_equal, read_checkpoint
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, REPO, plant_decoys
 from tests.slurm_cluster import SlurmCluster
 
 # Every test here uses the session's `cluster` fixture (tests/conftest.py) and runs torchrun on it.
@@ -30,7 +30,10 @@ def digits(output_dir: Path, micro_batch: int = 32) -> list[str]:
 
 @pytest.fixture(scope="module")
 def work(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("work")
+    """Where jobs are submitted from (sbatch's working directory): a user's folder, decoys and all."""
+    folder = tmp_path_factory.mktemp("work")
+    plant_decoys(folder)
+    return folder
 
 
 def gangrun(cluster: SlurmCluster, work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
