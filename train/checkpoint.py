@@ -163,6 +163,13 @@ class Checkpointer:
 
     # -- loading -------------------------------------------------------------------------------
 
+    def resume(self, parts: TrainingParts) -> None:
+        """Restore ``parts`` from the checkpoint ``checkpoint.resume`` names, if any: the same
+        command starts and restarts a run."""
+        path = self.find_resume()
+        if path is not None:
+            self.load(path, parts)
+
     def load(self, path: str, parts: TrainingParts) -> None:
         """Restore ``parts`` from a committed checkpoint saved at any world size."""
         store = CheckpointStore(path)
@@ -188,13 +195,6 @@ class Checkpointer:
                  f"saved on {saved_world} ranks)")
 
     # -- saving --------------------------------------------------------------------------------
-
-    def resume(self, parts: TrainingParts) -> None:
-        """Restore ``parts`` from the checkpoint ``checkpoint.resume`` names, if any: the same
-        command starts and restarts a run."""
-        path = self.find_resume()
-        if path is not None:
-            self.load(path, parts)
 
     def after_step(self, parts: TrainingParts, last: bool, stopping: bool) -> None:
         """The save rule. On an agreed stop: a blocking save, since the process exits next. Every
