@@ -139,7 +139,7 @@ class Metrics:
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
         ax_loss.set(xlabel="step", ylabel="train loss", title="training loss")
         ax_metric.plot([r["step"] for r in evals], [r[metric] for r in evals], marker="o")
-        ax_metric.set(xlabel="step", ylabel=metric, title=f"eval {metric}")
+        ax_metric.set(xlabel="step", ylabel=metric, title=metric.replace("_", " "))
         fig.tight_layout()
         path = self.output_dir / "curves.png"
         fig.savefig(path, dpi=80)
