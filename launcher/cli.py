@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from launcher import __version__, build
 from launcher.contract import EXIT_BAD_INPUT, EXIT_OK
@@ -43,7 +43,13 @@ def _readers(path: str) -> list[str]:
     return [name for name, engine in ENGINES.items() if path in engine.reads]
 
 
-def _add_option(group: argparse._ArgumentGroup, opt: Option, shown: bool, note: str = "") -> None:
+class _Arguments(Protocol):
+    """An argparse parser or argument group (the group's own class is private to argparse)."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
+def _add_option(group: _Arguments, opt: Option, shown: bool, note: str = "") -> None:
     help_text = opt.help_line() + note if shown else argparse.SUPPRESS
     dest = _DEST + opt.path
     if opt.is_mapping:

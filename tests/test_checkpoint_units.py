@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from tests.checkpoint_runs import assert_models_equal, committed_steps, read_checkpoint, run_in_process
 from train import loop
+from train.checkpoint import Checkpointer, TrainingParts
 from train.checkpoint_store import MANIFEST, METADATA, CheckpointStore, step_dir_name
 from train.config import ConfigError, load_config
 from train.data import GlobalBatchSampler
@@ -122,14 +124,7 @@ def test_stop_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, monkeypat
     whole = tmp_path / "whole"
     run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={whole}"])
     parts = tmp_path / "parts"
-
-    class SignalledAtOnce(StopFlag):
-        def __enter__(self) -> StopFlag:
-            super().__enter__()
-            self.signum = signal.SIGTERM  # as if SIGTERM arrived during the first step
-            return self
-
-    monkeypatch.setattr(loop, "StopFlag", SignalledAtOnce)
+    monkeypatch.setattr(loop, "StopFlag", signalled_at_once())
     assert run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={parts}"]) == "SIGTERM"
     assert committed_steps(parts / "checkpoints") == [1]
     monkeypatch.undo()
@@ -159,3 +154,69 @@ def test_a_resumed_history_drops_the_undone_steps_and_the_plot_draws_all_of_it(t
         assert [row["step"] for row in m.rows] == [2, 4, 6, 8, 10]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4, 6, 8, 10]
+
+
+def test_resume_with_dropout_is_exact(tmp_path, monkeypatch):
+    # Dropout draws from the torch RNG the checkpoint restores, so nothing else may draw from it on a
+    # resume: a DataLoader iterator without a generator of its own takes its workers' seed from it.
+    gpt = ["model.d_model=32", "model.seq_len=16", "model.dropout=0.1", "data.fake_train_size=256",
+           "train.global_batch_size=16", "train.micro_batch_size=8", "train.max_steps=6", "train.log_every=3",
+           "train.eval_every=2", "data.fake_eval_size=16", "metrics.plot=false", "checkpoint.every=0",
+           "checkpoint.keep=0"]
+    run_in_process([*gpt, f"output_dir={tmp_path / 'whole'}"], config="gpt-tiny")
+    monkeypatch.setattr(loop, "StopFlag", signalled_at_once())
+    assert run_in_process([*gpt, f"output_dir={tmp_path / 'parts'}"], config="gpt-tiny") == "SIGTERM"
+    monkeypatch.undo()
+    assert run_in_process([*gpt, f"output_dir={tmp_path / 'parts'}"], config="gpt-tiny") is None
+    assert_models_equal(read_checkpoint(tmp_path / "parts" / "checkpoints" / step_dir_name(6), tmp_path / "s"),
+                        read_checkpoint(tmp_path / "whole" / "checkpoints" / step_dir_name(6), tmp_path / "s"))
+
+
+def test_learning_rate_is_what_lambdalr_computed_bit_for_bit():
+    optim = load_config("digits", ["optim.lr=3e-3", "optim.min_lr=1e-4", "optim.warmup_steps=7"]).optim
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    # What the loop used before: LambdaLR over the same factor; now the rate is set from the step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: loop.lr_factor(s, optim.warmup_steps, 40, optim.min_lr / optim.lr))
+    for step in range(45):
+        assert optim.lr * loop.lr_factor(step, optim.warmup_steps, 40, optim.min_lr / optim.lr) == \
+            optimizer.param_groups[0]["lr"], f"step {step}"
+        optimizer.step()
+        scheduler.step()
+
+
+def test_a_checkpoint_of_the_old_layout_still_resumes_exactly(tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={whole}"])
+    # Saved as gangrun did before: a LambdaLR "scheduler" entry, and the data position also in the
+    # train state.
+    state_dict = Checkpointer._state_dict
+
+    def old_layout(self: Checkpointer, parts: TrainingParts, *args: Any, **kwargs: Any) -> dict:
+        sd = state_dict(self, parts, *args, **kwargs)
+        position = parts.data.position()
+        return {**sd, "scheduler": {"last_epoch": parts.state.step},
+                "train": {**sd["train"], "epoch": position.epoch, "epoch_samples": position.consumed}}
+
+    parts = tmp_path / "parts"
+    monkeypatch.setattr(Checkpointer, "_state_dict", old_layout)
+    monkeypatch.setattr(loop, "StopFlag", signalled_at_once())
+    assert run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={parts}"]) == "SIGTERM"
+    monkeypatch.undo()
+    step1 = parts / "checkpoints" / step_dir_name(1)
+    assert "scheduler" in CheckpointStore(str(parts / "checkpoints")).read_manifest(str(step1))["contents"]
+    assert run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={parts}"]) is None
+    assert_models_equal(read_checkpoint(parts / "checkpoints" / step_dir_name(10), tmp_path / "s"),
+                        read_checkpoint(whole / "checkpoints" / step_dir_name(10), tmp_path / "s"))
+
+
+def signalled_at_once() -> type[StopFlag]:
+    """A StopFlag as if SIGTERM arrived during the first step."""
+
+    class SignalledAtOnce(StopFlag):
+        def __enter__(self) -> StopFlag:
+            super().__enter__()
+            self.signum = signal.SIGTERM
+            return self
+
+    return SignalledAtOnce

@@ -252,7 +252,10 @@ def train_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) ->
 
 
 def eval_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) -> DataLoader:
-    """Batches of (inputs, targets, real): the same number and sizes on every rank (see EvalShardSampler)."""
+    """Batches of (inputs, targets, real): the same number and sizes on every rank (see EvalShardSampler).
+
+    Its own generator, so evaluating never draws from the training RNG (dropout) a checkpoint saves.
+    """
     return DataLoader(PaddedEval(bundle.eval), batch_size=cfg.train.micro_batch_size,
                       sampler=EvalShardSampler(size(bundle.eval), world_size, rank),
-                      num_workers=cfg.data.num_workers)
+                      num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed))

@@ -57,7 +57,6 @@ def fit(cfg: Config, world: World, on_finish: Callable[[TrainingParts], None] | 
             loss, grad_norm = train_step(run, cfg, lr, recorder, checkpointer)
             last = state.step == t.max_steps
             metrics.after_step(state.step, run.parts.data.epoch, loss, grad_norm, lr)
-            # Evaluate before saving: the loader's start draws from the RNG the checkpoint saves.
             if (t.eval_every and state.step % t.eval_every == 0) or last:
                 metrics.after_eval(state.step, run.parts.data.epoch, evaluate(run, cfg, world))
             # No stop check at the last step: it saves and exits 0 anyway.

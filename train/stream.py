@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -56,6 +57,11 @@ class DataStream:
         while True:
             self.sampler.set_epoch(self.epoch)
             self.sampler.start = self.consumed
+            # A DataLoader iterator draws its workers' base seed from the global torch RNG unless its
+            # loader has a generator: a resumed run's dropout would then be one draw off the
+            # uninterrupted run's. Seeded from the position, every attempt draws the same.
+            seed = np.random.SeedSequence([self.sampler.seed, self.epoch, self.consumed, self.sampler.rank])
+            self.loader.generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
             for x, y, index in self.loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), index
             self.epoch += 1
