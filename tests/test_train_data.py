@@ -82,3 +82,8 @@ def test_byte_level_text(tmp_path):
 def test_digits_is_the_real_dataset():
     bundle = build_data(load_config("digits", []))
     assert size(bundle.train) + size(bundle.eval) == 1797
+
+
+def test_an_empty_eval_set_is_a_config_error_not_a_division_by_zero():
+    with pytest.raises(ConfigError, match=r"data: the tokens eval set is empty"):
+        build_data(load_config("gpt-tiny", ["data.fake_eval_size=0"]))

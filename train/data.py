@@ -235,11 +235,18 @@ def _tokens(cfg: Config) -> DataBundle:
 
 
 def build_data(cfg: Config) -> DataBundle:
+    """The train and eval sets ``cfg.data`` names; ConfigError when the eval set is empty, since
+    every run evaluates at its end."""
     if cfg.data.dataset == "digits":
-        return _digits()
-    if cfg.data.dataset in ("tokens", "bytes"):
-        return _tokens(cfg)
-    return _torchvision(cfg)
+        bundle = _digits()
+    elif cfg.data.dataset in ("tokens", "bytes"):
+        bundle = _tokens(cfg)
+    else:
+        bundle = _torchvision(cfg)
+    if size(bundle.eval) == 0:
+        raise ConfigError("data", f"the {cfg.data.dataset} eval set is empty",
+                          "give it samples (data.fake_eval_size, or more data under data.root)")
+    return bundle
 
 
 def train_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) -> DataLoader:
