@@ -145,17 +145,17 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 def reject_foreign_flags(command: str, target: str, flags: dict[str, Any]) -> None:
     """A flag the target does not read stops here, naming the flag and the target it belongs to."""
     where = "`gangrun run` (a local run)" if command == "run" else f"--target {target}"
+    options = all_options()
     for path in flags:
-        section, _, name = path.rpartition(".")
+        flag = options[path].flag
+        section, _, _ = path.rpartition(".")
         if section:
             if section == target:
                 continue
             owner = ENGINES[section]
-            flag = next(o.flag for o in options_of(owner.options, section) if o.name == name)
             use = "`gangrun run`" if section == LOCAL.name else f"`gangrun submit --target {section}`"
             raise SpecError(flag, f"is a {owner.title} option, not read by {where}", f"use it with {use}, or drop it")
         if path not in ENGINES[target].reads:
-            flag = next(o.flag for o in options_of(JobSpec) if o.path == path)
             readers = ", ".join("`gangrun run`" if r == LOCAL.name else f"--target {r}" for r in _readers(path))
             raise SpecError(flag, f"is not read by {where}", f"drop it; it is read by {readers}")
 

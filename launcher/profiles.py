@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from launcher.spec import Entrypoint, JobSpec
 PROFILE_FILE = "gangrun.toml"
 
 
+@cache
 def all_options() -> dict[str, Option]:
     """Every dotted path a profile, variable or flag may set: the spec's, then each engine's."""
     found = {opt.path: opt for opt in options_of(JobSpec)}

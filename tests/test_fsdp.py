@@ -69,6 +69,6 @@ def test_fsdp_evaluates_uneven_shards_and_counts_each_sample_once(gangrun_env, t
     world = init_world("cpu")
     single = build_run(cfg, world)
     Checkpointer(cfg, world).load(str(tmp_path / "fsdp" / "checkpoints" / f"step-{STEPS:08d}"), single.parts)
-    expected = evaluate(single, cfg, world)
+    expected = evaluate(single, cfg)
     assert evals[STEPS]["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-5)
     assert evals[STEPS]["eval_accuracy"] == pytest.approx(expected["eval_accuracy"], abs=1e-9)

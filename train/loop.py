@@ -58,7 +58,7 @@ def fit(cfg: Config, world: World, on_finish: Callable[[TrainingParts], None] | 
             last = state.step == t.max_steps
             metrics.after_step(state.step, run.parts.data.epoch, loss, grad_norm, lr)
             if (t.eval_every and state.step % t.eval_every == 0) or last:
-                metrics.after_eval(state.step, run.parts.data.epoch, evaluate(run, cfg, world))
+                metrics.after_eval(state.step, run.parts.data.epoch, evaluate(run, cfg))
             # No stop check at the last step: it saves and exits 0 anyway.
             stopping = not last and stop.requested(world)
             if stopping:
@@ -175,13 +175,13 @@ def train_step(run: Run, cfg: Config, lr: float, recorder: NoRecorder,
 
 
 @torch.no_grad()
-def evaluate(run: Run, cfg: Config, world: World) -> dict[str, float]:
+def evaluate(run: Run, cfg: Config) -> dict[str, float]:
     """Loss and accuracy over the whole eval set, each sample counted once, summed over ranks.
 
     Every rank runs the same number of equal batches (padding marked ``real = 0``), so FSDP's
     all-gathers and DDP's buffer broadcasts in forward always find their peers.
     """
-    model = run.parts.model
+    model, world = run.parts.model, run.world
     model.eval()
     loss_sum = correct = count = 0.0
     for x, y, real in eval_loader(run.data, cfg, world.rank, world.world_size):

@@ -1,6 +1,6 @@
 """Kubernetes objects for a JobSpec, built as plain data: Indexed Job, JobSet, TrainJob, PyTorchJob.
 
-Every form starts the same container command (``python -m launcher.agent`` + torchrun flags) and
+Every form starts the same container command (``python -P -m launcher.agent`` + torchrun flags) and
 gives it the same environment contract, whoever injects it:
 
     PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT

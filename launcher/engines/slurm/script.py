@@ -29,7 +29,7 @@ STRAGGLER_WAIT_S = 60
 HEAD_NODE, RDZV_PORT, JOB_ID = "${head_node}", "${rdzv_port}", "${SLURM_JOB_ID}"
 _LIVE = re.compile("(" + "|".join(re.escape(v) for v in (HEAD_NODE, RDZV_PORT, JOB_ID)) + ")")
 
-# Lines the plain scripts in slurm/ share word for word (tests/test_slurm_scripts.py keeps them in step).
+# Lines the plain scripts in slurm/ share word for word (tests/test_slurm_script.py keeps them in step).
 HEAD_NODE_LINE = 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
 RDZV_PORT_LINE = f"rdzv_port=$(({PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN}))"
 RESTARTS_LINE = "restarts=${SLURM_RESTART_COUNT:-0}"
