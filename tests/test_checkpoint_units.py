@@ -22,6 +22,7 @@ from train.config import ConfigError, load_config
 from train.data import GlobalBatchSampler
 from train.distributed import World
 from train.metrics import Metrics
+from train.notice import NOTICE
 from train.rng import capture_rng, restore_rng
 from train.signals import StopFlag
 
@@ -112,7 +113,7 @@ def test_the_stop_flag_paces_its_agreements_to_about_a_tenth_of_a_second(monkeyp
     with StopFlag() as flag:
         for step in range(1, 400):
             now[0] += 0.001
-            flag.signum = signal.SIGTERM if step == 250 else flag.signum
+            NOTICE.signum = signal.SIGTERM if step == 250 else NOTICE.signum
             if flag.requested(world):
                 agreed_at.append(step)
                 break
@@ -214,9 +215,8 @@ def signalled_at_once() -> type[StopFlag]:
     """A StopFlag as if SIGTERM arrived during the first step."""
 
     class SignalledAtOnce(StopFlag):
-        def __enter__(self) -> StopFlag:
-            super().__enter__()
-            self.signum = signal.SIGTERM
-            return self
+        def requested(self, world: World) -> bool:
+            NOTICE.signum = signal.SIGTERM
+            return super().requested(world)
 
     return SignalledAtOnce

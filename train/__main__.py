@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from train.compat import torch_floor_problem
-from train.contract import EXIT_BAD_INPUT, EXIT_OK
+from train.notice import NOTICE
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Check the torch floor first: on an older torch one line says so, before any import fails."""
+    """Report startup, then check the torch floor: on an older torch one line says so, before any import fails."""
+    from train.progress import Progress
+
+    progress = Progress()
+    from train.compat import torch_floor_problem
+    from train.contract import EXIT_BAD_INPUT, EXIT_OK
+
     problem = torch_floor_problem()
     if problem is not None:
         print(f"train: error: torch: {problem}", file=sys.stderr)
@@ -18,9 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     from train.program import main as run_program
 
     # torch's @record types the wrapped main as returning int | None.
-    code = run_program(argv)
+    code = run_program(argv, progress)
     return EXIT_OK if code is None else code
 
 
 if __name__ == "__main__":
+    # First, before torch is imported (seconds): from here on a stop signal is noted, never fatal.
+    NOTICE.install()
     sys.exit(main())

@@ -10,11 +10,14 @@ runs read each other's checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import os
 import signal
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
@@ -33,6 +37,7 @@ from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
 from train.distributed import World
 from train.metrics import log
+from train.progress import Progress
 from train.rng import capture_rng, restore_rng, rng_key
 from train.stream import DataStream
 
@@ -80,6 +85,23 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
+class CheckpointSpaceError(RuntimeError):
+    """A save ran out of space: one line for the user; the commits before it are untouched."""
+
+
+def out_of_space(err: BaseException | None) -> bool:
+    """ENOSPC (or EDQUOT) anywhere in ``err``: its causes, or the per-rank failures DCP gathered."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, CheckpointException) and any(out_of_space(e) for e, _ in err.failures.values()):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 class Checkpointer:
     """Saves into ``cfg.checkpoint_dir`` and finds what to resume from, for one run.
 
@@ -88,8 +110,10 @@ class Checkpointer:
     waiting on their collectives would hang the rank instead of letting it fail).
     """
 
-    def __init__(self, cfg: Config, world: World) -> None:
+    def __init__(self, cfg: Config, world: World, progress: Progress | None = None) -> None:
         self.cfg, self.world = cfg.checkpoint, world
+        # Saving and resuming are phases of their own for the agent's hang watchdog.
+        self.progress = progress or Progress({})
         self.store = CheckpointStore(cfg.checkpoint_dir)
         self.config_toml = cfg.to_toml()
         # The step whose checkpoint is already committed in this store (saved or resumed from).
@@ -166,6 +190,7 @@ class Checkpointer:
     def resume(self, parts: TrainingParts) -> None:
         """Restore ``parts`` from the checkpoint ``checkpoint.resume`` names, if any: the same
         command starts and restarts a run."""
+        self.progress.phase("resume")
         path = self.find_resume()
         if path is not None:
             self.load(path, parts)
@@ -208,7 +233,8 @@ class Checkpointer:
     def after_run(self, parts: TrainingParts) -> None:
         """Training reached its end: that step is saved and committed before the program exits
         (also when a run resumed at or past max_steps from elsewhere)."""
-        self.wait()
+        with self._space_errors(self.store.url):
+            self.wait()
         if self.saved_step != parts.state.step:
             self.save(parts, blocking=True)
 
@@ -216,6 +242,28 @@ class Checkpointer:
         """Checkpoint the current step: committed on return when ``blocking``, else in the background."""
         step = parts.state.step
         path = self.store.path(step)
+        phase = self.progress.phase_name
+        self.progress.phase("save")
+        try:
+            with self._space_errors(path):
+                self._save(parts, step, path, blocking)
+        finally:
+            self.progress.phase(phase)
+
+    @contextlib.contextmanager
+    def _space_errors(self, path: str) -> Iterator[None]:
+        """A full device becomes one line naming what is still safe, instead of a traceback per rank."""
+        try:
+            yield
+        except (OSError, CheckpointException) as err:
+            if not out_of_space(err):
+                raise
+            newest = f"step {self.saved_step}" if self.saved_step is not None else "none yet"
+            raise CheckpointSpaceError(f"checkpoint: no space left on the device writing {self.store.display(path)}; "
+                                       f"the newest commit ({newest}) is intact: free space or set checkpoint.dir "
+                                       "elsewhere, then run the same command to resume") from None
+
+    def _save(self, parts: TrainingParts, step: int, path: str, blocking: bool) -> None:
         self.wait()
         sd = self._state_dict(parts, with_rng=True)
         writer = self.store.writer(path)

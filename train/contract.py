@@ -10,6 +10,8 @@ from __future__ import annotations
 import signal
 
 EXIT_OK = 0
+# Training failed in a way the program explained in one line (e.g. no space left for a checkpoint).
+EXIT_FAILED = 1
 # Bad input (config, data location, a checkpoint that cannot resume): retrying will not help.
 EXIT_BAD_INPUT = 2
 # EX_TEMPFAIL (sysexits.h): stopped on purpose, state saved, start me again with the same command.
@@ -19,3 +21,10 @@ EXIT_REQUEUE = 75
 NOTICE_SIGNAL = signal.SIGUSR2
 # Each of these asks the ranks to save at the next step boundary and exit EXIT_REQUEUE.
 STOP_SIGNALS = (signal.SIGTERM, NOTICE_SIGNAL, signal.SIGINT)
+# The node agent names a folder here for every rank's progress file (see train/progress.py and the
+# README's "progress protocol"): each rank overwrites ``$GANGRUN_PROGRESS_DIR/rank$RANK`` with one
+# JSON line, ``{"step": N, "phase": "train"}``, and every write counts as progress.
+PROGRESS_DIR_ENV = "GANGRUN_PROGRESS_DIR"
+# The agent's fallback to py-spy for a stack of every thread: faulthandler, registered on this signal.
+# SIGURG is ignored by default, so sending it to a program that registered nothing does no harm.
+STACK_SIGNAL = signal.SIGURG

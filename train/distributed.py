@@ -6,10 +6,13 @@ import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,3 +106,21 @@ def all_reduce_sum(values: list[float], world: World) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=world.device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_gather_floats(value: float, world: World) -> list[float]:
+    """One float from every rank, in rank order; ``[value]`` in a world of one."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [torch.zeros((), dtype=torch.float64, device=world.device) for _ in range(world.world_size)]
+    dist.all_gather(gathered, torch.tensor(value, dtype=torch.float64, device=world.device))
+    return [t.item() for t in gathered]
+
+
+def all_gather_objects(value: T, world: World) -> list[T]:
+    """A small picklable value from every rank, in rank order (once per run: it pickles)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list[Any] = [None] * world.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -7,9 +7,11 @@ a stop. Everything the loop opens is closed on any exit, exceptions included.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train import testhooks
 from train.checkpoint import Checkpointer, TrainingParts, TrainState
 from train.config import Config, accumulation_steps
 from train.contract import EXIT_REQUEUE
@@ -27,38 +30,53 @@ from train.metrics import Metrics, log
 from train.models import build_model
 from train.parallel import clip_grad_norm, no_grad_sync, resolve_mode, wrap_model
 from train.precision import Precision, build_precision
+from train.progress import Progress
 from train.recorder import NoRecorder, open_recorder
 from train.signals import StopFlag
 from train.stream import DataStream
 
 
-def fit(cfg: Config, world: World, on_finish: Callable[[TrainingParts], None] | None = None) -> str | None:
+def fit(cfg: Config, world: World, on_finish: Callable[[TrainingParts], None] | None = None,
+        progress: Progress | None = None) -> str | None:
     """Train to ``train.max_steps``, or to a stop all ranks agreed on; returns what stopped it, if anything.
 
     ``on_finish`` sees the trained parts once the last checkpoint is committed (to export weights,
-    say). The model and its DDP/FSDP wrapper live in this frame only, so they are freed when it
-    returns, before the process group is (see train.distributed.close_world).
+    say). ``progress`` reports each phase and step to the node agent. The model and its DDP/FSDP
+    wrapper live in this frame only, so they are freed when it returns, before the process group is
+    (see train.distributed.close_world).
     """
     t = cfg.train
+    progress = progress or Progress({})
     with contextlib.ExitStack() as cleanup:
+        stop = cleanup.enter_context(StopFlag())
         run = build_run(cfg, world)
-        checkpointer = cleanup.enter_context(Checkpointer(cfg, world))
+        checkpointer = cleanup.enter_context(Checkpointer(cfg, world, progress))
+        # A stop noted while importing, loading data or building the model: nothing to save.
+        if stop.agreed(world):
+            return stop.name
         # The same command starts and restarts a run: resume first, from the newest commit.
         checkpointer.resume(run.parts)
+        if stop.agreed(world):
+            return stop.name
         metrics = cleanup.enter_context(Metrics(Path(cfg.output_dir), world, run.parts.state.step, t.max_steps,
-                                                t.log_every, t.global_batch_size, cfg.metrics.tensorboard))
+                                                t.log_every, t.global_batch_size, cfg.metrics.tensorboard, progress))
         recorder = cleanup.enter_context(open_recorder(t.record_samples, Path(cfg.output_dir), world.rank))
-        stop = cleanup.enter_context(StopFlag())
         log.info(run.describe(cfg))
         state = run.parts.state
+        progress.phase("train", state.step)
         while state.step < t.max_steps:
             lr = cfg.optim.lr * lr_factor(state.step, cfg.optim.warmup_steps, t.max_steps,
                                           cfg.optim.min_lr / cfg.optim.lr)
-            loss, grad_norm = train_step(run, cfg, lr, recorder, checkpointer)
+            started = time.perf_counter()
+            loss, grad_norm, compute_s = train_step(run, cfg, lr, recorder, checkpointer)
+            progress.step_done(state.step, time.perf_counter() - started, compute_s)
+            testhooks.at_step_boundary(world.rank, state.step)
             last = state.step == t.max_steps
             metrics.after_step(state.step, run.parts.data.epoch, loss, grad_norm, lr)
             if (t.eval_every and state.step % t.eval_every == 0) or last:
+                progress.phase("eval")
                 metrics.after_eval(state.step, run.parts.data.epoch, evaluate(run, cfg))
+                progress.phase("train")
             # No stop check at the last step: it saves and exits 0 anyway.
             stopping = not last and stop.requested(world)
             if stopping:
@@ -67,6 +85,7 @@ def fit(cfg: Config, world: World, on_finish: Callable[[TrainingParts], None] | 
             if stopping:
                 return stop.name
         checkpointer.after_run(run.parts)
+        metrics.after_run()
         if cfg.metrics.plot:
             metrics.plot()
         if on_finish is not None:
@@ -140,19 +159,27 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
 
 
 def train_step(run: Run, cfg: Config, lr: float, recorder: NoRecorder,
-               checkpointer: Checkpointer) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over ``accum`` micro-batches; returns (local loss, grad norm) as tensors,
-    so a GPU step does not wait for them: they are read only when logged."""
+               checkpointer: Checkpointer) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimizer step over ``accum`` micro-batches; returns (local loss, grad norm, compute seconds).
+
+    Loss and grad norm stay tensors, so a GPU step does not wait for them: they are read only when
+    logged. Compute is this rank's own work, the time outside backward (where DDP waits for its
+    peers' gradients): data, forward and loss, and the optimizer step. On CUDA it is launch time.
+    """
     parts, scaler = run.parts, run.precision.scaler
     total = torch.zeros((), device=run.world.device)
+    compute_s = 0.0
     for micro in range(run.accum):
+        started = time.perf_counter()
         x, y, index = parts.data.next()
         recorder.saw(index)
         with no_grad_sync(parts.model, final_micro_step=micro == run.accum - 1):
             with run.precision.autocast():
                 loss = cross_entropy(parts.model(x), y) / run.accum
+            compute_s += time.perf_counter() - started
             (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach()
+    started = time.perf_counter()
     if scaler:
         # Clip the true gradients, not the scaled ones.
         scaler.unscale_(parts.optimizer)
@@ -171,7 +198,8 @@ def train_step(run: Run, cfg: Config, lr: float, recorder: NoRecorder,
     parts.state.samples_seen += cfg.train.global_batch_size
     parts.data.step_done()
     recorder.step(parts.state.step, parts.data.epoch)
-    return total, grad_norm
+    compute_s += time.perf_counter() - started
+    return total, grad_norm, compute_s + testhooks.slow_down(run.world.rank, compute_s)
 
 
 @torch.no_grad()
@@ -184,7 +212,12 @@ def evaluate(run: Run, cfg: Config) -> dict[str, float]:
     model, world = run.parts.model, run.world
     model.eval()
     loss_sum = correct = count = 0.0
-    for x, y, real in eval_loader(run.data, cfg, world.rank, world.world_size):
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = eval_loader(
+        run.data, cfg, world.rank, world.world_size)
+    if testhooks.extra_eval_batch(world.rank):
+        batches = itertools.chain(batches, itertools.islice(eval_loader(run.data, cfg, world.rank,
+                                                                        world.world_size), 1))
+    for x, y, real in batches:
         x, y = x.to(world.device), y.to(world.device)
         # One weight per target: per sample for classes, per token for sequences.
         weight = real.to(world.device).view(-1, *([1] * (y.dim() - 1))).expand_as(y).reshape(-1)

@@ -18,7 +18,9 @@ from typing import IO, Any
 
 import torch
 
-from train.distributed import World, all_reduce_sum
+from train.distributed import World, all_gather_floats, all_gather_objects, all_reduce_sum
+from train.progress import Progress
+from train.stragglers import find_straggler, rank_table
 
 log = logging.getLogger("train")
 HISTORY = "metrics.jsonl"
@@ -53,8 +55,10 @@ class Metrics:
     """The training log of one run; writes only on rank 0, but every rank must call ``after_step``."""
 
     def __init__(self, output_dir: Path, world: World, start_step: int, max_steps: int, log_every: int,
-                 global_batch: int, tensorboard: bool) -> None:
+                 global_batch: int, tensorboard: bool, progress: Progress | None = None) -> None:
         self.output_dir, self.world = output_dir, world
+        # Every rank's own step times, for the straggler line of each window and the table at the end.
+        self.progress = progress or Progress({})
         self.enabled = world.is_main
         self.max_steps, self.log_every, self.global_batch = max_steps, log_every, global_batch
         self.rows: list[dict[str, Any]] = []
@@ -100,13 +104,27 @@ class Metrics:
             return
         elapsed = time.perf_counter() - self._window_start
         (loss_sum,) = all_reduce_sum([self._window_loss.item() / self._window_steps], self.world)
+        computes = all_gather_floats(self.progress.recent_compute(self._window_steps), self.world)
         row = {"step": step, "epoch": epoch, "loss": loss_sum / self.world.world_size, "lr": lr,
                "grad_norm": grad_norm.item(), "samples_per_s": self._window_steps * self.global_batch / elapsed}
         self.write(row)
         log.info(f"step {step:>6}  epoch {epoch:>3}  loss {row['loss']:.4f}  lr {lr:.2e}  "
                  f"grad_norm {row['grad_norm']:.3f}  {row['samples_per_s']:.0f} samples/s")
+        straggler = find_straggler(computes)
+        if straggler is not None and self.enabled:
+            log.warning(f"straggler: {straggler.describe()} in steps {step - self._window_steps + 1}-{step}")
         self._window_loss, self._window_steps = torch.zeros_like(self._window_loss), 0
         self._window_start = time.perf_counter()
+
+    def after_run(self) -> None:
+        """The per-rank table of the whole run and its straggler verdict; every rank must call it."""
+        rows = all_gather_objects(self.progress.table_row(), self.world)
+        if not self.enabled:
+            return
+        log.info(rank_table(rows))
+        straggler = find_straggler([row["compute_p50"] for row in rows])
+        if straggler is not None:
+            log.warning(f"straggler: {straggler.describe()} over the run")
 
     def after_eval(self, step: int, epoch: int, results: dict[str, float]) -> None:
         self.write({"step": step, "epoch": epoch, **results})
