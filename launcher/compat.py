@@ -9,25 +9,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch.distributed.launcher.api as launcher_api
-from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.run import get_args_parser
 
 # The private members of LocalElasticAgent the hooks below use (checked by tests/test_compat.py).
 AGENT_MEMBERS = ("_monitor_workers", "_shutdown", "_remaining_restarts", "_pcontext")
+# The public attributes of torchrun's process context those hooks read (also checked there).
+PCONTEXT_MEMBERS = ("pids", "stdouts", "stderrs", "subprocess_handlers")
 _PREFIX_FLAG = "--log-line-prefix-template="
 
 
 class AgentHooks(Protocol):
     """What the node agent adds to torchrun's own elastic agent."""
 
+    # Seconds the surviving workers get to exit when torchrun stops them after a failure or a hang.
+    failure_grace_s: int
+
+    def watch(self, group: WorkerGroup, outputs: list[str]) -> RunResult | None:
+        """Called while the workers look healthy, with their log files; a failed RunResult ends the attempt
+        (torchrun then restarts the group while restarts remain, as for a crash)."""
+
     def stop_restarting(self, result: RunResult) -> bool:
         """Called after each look at the workers; True ends the run instead of restarting the group."""
+
+    def drain(self, death_sig: signal.Signals, pids: list[int]) -> None:
+        """The agent was signalled: pass ``death_sig`` on and wait as long as the workers need, before
+        torchrun kills whatever is left."""
 
     def after_shutdown(self, exit_codes: list[int | None]) -> None:
         """Called once the agent stopped its workers (e.g. on SIGTERM), with their exit codes."""
@@ -39,13 +53,22 @@ def hooked_agent_class(hooks: AgentHooks) -> type[LocalElasticAgent]:
     class HookedAgent(LocalElasticAgent):
         def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
             result = super()._monitor_workers(worker_group)
+            if result.state == WorkerState.HEALTHY and self._pcontext is not None:
+                outputs = [*self._pcontext.stdouts.values(), *self._pcontext.stderrs.values()]
+                result = hooks.watch(worker_group, [str(p) for p in outputs if p]) or result
             if hooks.stop_restarting(result):
                 # torchrun's run loop restarts the group while restarts remain.
                 self._remaining_restarts = 0
             return result
 
-        def _shutdown(self, *args: Any, **kwargs: Any) -> None:
-            super()._shutdown(*args, **kwargs)
+        def _shutdown(self, death_sig: signal.Signals | None = None, timeout: int = 30) -> None:
+            # torchrun passes death_sig only when the agent itself was signalled; otherwise it is
+            # stopping workers after a failure, a hang or the end, with nothing left to save.
+            if death_sig is None:
+                super()._shutdown(signal.SIGTERM, min(timeout, hooks.failure_grace_s))
+            else:
+                hooks.drain(death_sig, list(self._pcontext.pids().values()) if self._pcontext else [])
+                super()._shutdown(death_sig, 1)
             handlers = getattr(self._pcontext, "subprocess_handlers", None) or {}
             hooks.after_shutdown([h.proc.returncode for h in handlers.values()])
 

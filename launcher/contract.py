@@ -16,11 +16,22 @@ EXIT_BAD_INPUT = 2
 # EX_TEMPFAIL (sysexits.h): the ranks were told to stop, saved a checkpoint, and ask to be started
 # again with the same command. Engines requeue on it; it is never a crash to restart in place.
 EXIT_REQUEUE = 75
+# The hang watchdog stopped the job: a rank made no progress for the hang timeout (as timeout(1) exits).
+EXIT_HANG = 124
 # A process killed by signal N exits 128 + N in shells, Slurm and Kubernetes alike.
 SIGNAL_EXIT_BASE = 128
 
 # Slurm's preemption and time-limit notice (`--signal=USR2@grace`). Not USR1: NCCL takes it.
 NOTICE_SIGNAL = signal.SIGUSR2
+# Each asks the ranks to save and exit EXIT_REQUEUE; a worker dead of one after a stop died of the stop.
+STOP_SIGNALS = (signal.SIGTERM, NOTICE_SIGNAL, signal.SIGINT)
+
+# The agent names a folder here for every rank's progress file (see train/progress.py and the README's
+# "progress protocol"): ``$GANGRUN_PROGRESS_DIR/rank$RANK`` holds one JSON line, ``{"step": N, "phase": "train"}``.
+PROGRESS_DIR_ENV = "GANGRUN_PROGRESS_DIR"
+# Where py-spy cannot attach (no ptrace), the agent asks the training program for its stacks with this
+# signal (faulthandler); ignored by default, so it does no harm to a program that registered nothing.
+STACK_SIGNAL = signal.SIGURG
 
 # Every worker line carries its *global* rank; torchrun expands ${rank} itself. Its default
 # `[default0]:` names only the local rank, which repeats on every node.

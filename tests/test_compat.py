@@ -9,7 +9,7 @@ import os
 import torch.distributed.launcher.api as launcher_api
 from torch.distributed.elastic.agent.server.api import SimpleElasticAgent
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
-from torch.distributed.elastic.multiprocessing.api import SubprocessContext
+from torch.distributed.elastic.multiprocessing.api import PContext, SubprocessContext
 
 from launcher import compat
 
@@ -28,17 +28,36 @@ def test_the_agent_members_the_hooks_use_still_exist() -> None:
             f"LocalElasticAgent.{member} is gone: launcher.compat.hooked_agent_class needs a new hook")
     for method in ("_monitor_workers", "_shutdown"):
         assert callable(getattr(LocalElasticAgent, method)), f"LocalElasticAgent.{method} is no longer a method"
-    assert "subprocess_handlers" in inspect.getsource(SubprocessContext), (
-        "SubprocessContext.subprocess_handlers is gone: the agent cannot read its workers' exit codes")
+    context = inspect.getsource(PContext) + inspect.getsource(SubprocessContext)
+    for member in compat.PCONTEXT_MEMBERS:
+        assert f"self.{member} =" in context or f"def {member}(" in context, (
+            f"torchrun's process context has no {member}: the agent cannot see its workers' pids, logs or codes")
+    shutdown = inspect.signature(LocalElasticAgent._shutdown).parameters
+    assert list(shutdown)[1:] == ["death_sig", "timeout"], (
+        "LocalElasticAgent._shutdown(death_sig, timeout) changed: the hooked agent cannot bound the stop")
+
+
+def test_torchrun_passes_a_death_signal_only_when_the_agent_was_signalled() -> None:
+    source = inspect.getsource(SimpleElasticAgent.run) + inspect.getsource(LocalElasticAgent._stop_workers)
+    assert "self._shutdown(e.sigval" in source and "self._shutdown()" in source, (
+        "torchrun's agent calls _shutdown differently: launcher.compat tells a stop from a restart by death_sig")
 
 
 def test_the_swap_is_undone_after_the_run() -> None:
     policy_calls: list[str] = []
 
     class Policy:
+        failure_grace_s = 1
+
+        def watch(self, group: object, outputs: list[str]) -> None:
+            policy_calls.append("watch")
+
         def stop_restarting(self, result: object) -> bool:
             policy_calls.append("monitor")
             return False
+
+        def drain(self, death_sig: object, pids: list[int]) -> None:
+            policy_calls.append("drain")
 
         def after_shutdown(self, exit_codes: list[int | None]) -> None:
             policy_calls.append("shutdown")

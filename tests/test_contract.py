@@ -25,6 +25,8 @@ MANIFESTS = sorted((REPO / "k8s").glob("*.yaml"))
 def test_both_sides_agree() -> None:
     assert (lc.EXIT_OK, lc.EXIT_BAD_INPUT, lc.EXIT_REQUEUE) == (tc.EXIT_OK, tc.EXIT_BAD_INPUT, tc.EXIT_REQUEUE)
     assert lc.NOTICE_SIGNAL == tc.NOTICE_SIGNAL
+    assert (lc.PROGRESS_DIR_ENV, lc.STACK_SIGNAL, lc.STOP_SIGNALS) == (tc.PROGRESS_DIR_ENV, tc.STACK_SIGNAL,
+                                                                       tc.STOP_SIGNALS)
     assert lc.NOTICE_SIGNAL in tc.STOP_SIGNALS
     assert lc.SHIPPED_PROGRAM == "train" and (REPO / lc.SHIPPED_PROGRAM / "__main__.py").is_file()
     assert lc.rank_of(lc.LOG_PREFIX_TEMPLATE.replace("${rank}", "12") + "hello") == 12

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import run as torchrun_run
 
-from launcher.agent.requeue import RequeuePolicy, outlive_notice
+from launcher.agent.guard import AFTER_FAILURE_GRACE_S, NodeGuard, split_agent_args
+from launcher.agent.requeue import RequeuePolicy, stopped_status
 from launcher.agent.verdict import failure_summary
 from launcher.compat import agent_class, hooked_agent_class, parse_torchrun_args
-from launcher.contract import EXIT_OK, EXIT_REQUEUE, SHIPPED_PROGRAM, SIGNAL_EXIT_BASE
+from launcher.contract import EXIT_HANG, EXIT_OK, EXIT_REQUEUE, SHIPPED_PROGRAM
 
 
 def protect_shipped_program(args: argparse.Namespace, environ: MutableMapping[str, str] = os.environ) -> None:
@@ -29,26 +33,55 @@ def protect_shipped_program(args: argparse.Namespace, environ: MutableMapping[st
         environ["PYTHONSAFEPATH"] = "1"
 
 
+@dataclass
+class Hooks:
+    """launcher.compat.AgentHooks: the requeue policy and the node guard together."""
+
+    policy: RequeuePolicy
+    guard: NodeGuard
+    failure_grace_s: int = AFTER_FAILURE_GRACE_S
+
+    def watch(self, group: WorkerGroup, outputs: list[str]) -> RunResult | None:
+        return self.guard.watch(group, outputs)
+
+    def stop_restarting(self, result: RunResult) -> bool:
+        return self.policy.stop_restarting(result)
+
+    def drain(self, death_sig: signal.Signals, pids: list[int]) -> None:
+        self.guard.drain(death_sig, pids)
+
+    def after_shutdown(self, exit_codes: list[int | None]) -> None:
+        self.policy.after_shutdown(exit_codes)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one node's agent; returns the first failed worker's code, 75 for "requeue me", or 0."""
-    args = parse_torchrun_args(sys.argv[1:] if argv is None else argv)
+    """Run one node's agent; returns the first failed worker's code, 75 for "requeue me", 124 for a hang, or 0."""
+    settings, torchrun_argv = split_agent_args(sys.argv[1:] if argv is None else argv)
+    args = parse_torchrun_args(torchrun_argv)
     protect_shipped_program(args)
-    outlive_notice()
     policy = RequeuePolicy()
+    policy.outlive_notice()
+    guard = NodeGuard(settings)
+    guard.announce()
     try:
-        with agent_class(hooked_agent_class(policy)):
+        with agent_class(hooked_agent_class(Hooks(policy, guard))):
             torchrun_run(args)
     except ChildFailedError as err:
+        if guard.hang is not None:
+            print(f"gangrun: exiting {EXIT_HANG} (hang); {guard.hang.line.removeprefix('gangrun: ')}",
+                  file=sys.stderr, flush=True)
+            return EXIT_HANG
+        codes = [f.exitcode for f in err.failures.values()]
+        if any(policy.died_of_stop(code) for code in codes):
+            print(f"gangrun: workers stopped on a stop signal; exiting {EXIT_REQUEUE} (requeue me)",
+                  file=sys.stderr, flush=True)
+            return EXIT_REQUEUE
         status, summary = failure_summary(err)
         print(summary, file=sys.stderr, flush=True)
         return status
     except SignalException as err:
-        # torchrun stopped its workers because it was signalled. If they saved and asked to be
-        # requeued, say so to the engine; otherwise report the signal as a shell would.
-        if policy.workers_saved:
-            print(f"gangrun: agent stopped by {err.sigval.name}; workers saved, exiting {EXIT_REQUEUE}",
-                  file=sys.stderr, flush=True)
-            return EXIT_REQUEUE
-        print(f"gangrun: agent stopped by {err.sigval.name}", file=sys.stderr, flush=True)
-        return SIGNAL_EXIT_BASE + int(err.sigval)
+        # torchrun stopped its workers because it was signalled: their codes say what that means.
+        status, why = stopped_status(policy.exit_codes)
+        print(f"gangrun: agent stopped by {err.sigval.name}; {why}, exiting {status}", file=sys.stderr, flush=True)
+        return status
     return EXIT_OK

@@ -23,30 +23,56 @@ from types import FrameType
 
 from torch.distributed.elastic.agent.server.api import RunResult
 
-from launcher.contract import EXIT_REQUEUE, NOTICE_SIGNAL
+from launcher.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE, NOTICE_SIGNAL, STOP_SIGNALS
 
 
 class RequeuePolicy:
-    """torchrun's agent hooks (launcher.compat.AgentHooks): a worker's exit 75 stops the run instead
-    of restarting the group, and is remembered when the agent itself stopped the workers."""
+    """torchrun's agent hooks (launcher.compat.AgentHooks, in part): a worker's exit 75 stops the run
+    instead of restarting the group, and after a stop signal the workers' codes become the agent's.
+
+    A user's script without a handler dies of the notice; the agent that received it reports 75
+    for it, so the engine requeues rather than drops the job.
+    """
 
     def __init__(self) -> None:
         self.workers_saved = False
+        self.notice: signal.Signals | None = None
+        self.exit_codes: list[int | None] = []
+
+    def note_notice(self, signum: int, _frame: FrameType | None) -> None:
+        self.notice = signal.Signals(signum)
+        print(f"gangrun: agent got {self.notice.name}: workers save at the next step and exit "
+              f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
+
+    def died_of_stop(self, code: int | None) -> bool:
+        return code == EXIT_REQUEUE or (self.notice is not None and code is not None
+                                        and -code in [int(s) for s in STOP_SIGNALS])
 
     def stop_restarting(self, result: RunResult) -> bool:
-        return result.is_failed() and any(f.exitcode == EXIT_REQUEUE for f in result.failures.values())
+        return result.is_failed() and any(self.died_of_stop(f.exitcode) for f in result.failures.values())
 
     def after_shutdown(self, exit_codes: list[int | None]) -> None:
+        self.exit_codes = exit_codes
         if EXIT_REQUEUE in exit_codes:
             self.workers_saved = True
 
+    def outlive_notice(self) -> None:
+        """Call before torchrun starts. A handler, not SIG_IGN: exec resets handlers, so workers start
+        with USR2's default action until training installs its own, instead of silently ignoring it."""
+        signal.signal(NOTICE_SIGNAL, self.note_notice)
 
-def _note_notice(signum: int, _frame: FrameType | None) -> None:
-    print(f"gangrun: agent got {signal.Signals(signum).name}: workers save at the next step and exit "
-          f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
 
+def stopped_status(exit_codes: list[int | None]) -> tuple[int, str]:
+    """The agent's exit status after it was signalled, from its workers' codes, and why.
 
-def outlive_notice() -> None:
-    """Call before torchrun starts. A handler, not SIG_IGN: exec resets handlers, so workers start
-    with USR2's default action until training installs its own, instead of silently ignoring it."""
-    signal.signal(NOTICE_SIGNAL, _note_notice)
+    Workers that all finished make it 0: the run was done before the stop. Bad input stays 2.
+    Anything else was stopped mid-run and asks to be started again: 75.
+    """
+    codes = [c for c in exit_codes if c is not None]
+    if codes and all(c == EXIT_OK for c in codes):
+        return EXIT_OK, "the workers had already finished"
+    if EXIT_REQUEUE in codes:
+        return EXIT_REQUEUE, "workers saved"
+    if EXIT_BAD_INPUT in codes:
+        return EXIT_BAD_INPUT, "a worker refused its input"
+    return EXIT_REQUEUE, "workers stopped before saving; the newest commit stands"
