@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from launcher import __version__, build
 from launcher.contract import EXIT_BAD_INPUT, EXIT_OK
-from launcher.engines import ENGINES, cluster_engine, cluster_engines
+from launcher.engines import ENGINES, cluster_engine, cluster_engines, job_engine
 from launcher.engines.local import ENGINE as LOCAL
 from launcher.errors import SpecError
 from launcher.jobs import list_handles, load_handle
@@ -102,13 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     for command, text in SPEC_COMMANDS.items():
         add_command_arguments(sub.add_parser(command, help=text, add_help=False, allow_abbrev=False), command,
                               LOCAL.name if command == "run" else None)
-    for name, text in (("status", "one line on a submitted job's state"), ("cancel", "cancel a submitted job")):
-        sub.add_parser(name, help=text).add_argument("job", metavar="JOB", help="job id from submit or list")
+    for name, text in (("status", "a job's state, and each rank's step, phase and step times while it runs"),
+                       ("stacks", "every rank's Python stack, now, from a running job"),
+                       ("cancel", "cancel a job (a local run: SIGTERM, so it saves and exits 75)")):
+        sub.add_parser(name, help=text).add_argument("job", metavar="JOB", help="job id from run, submit or list")
     logs = sub.add_parser("logs", help="a submitted job's output, rank-prefixed")
     logs.add_argument("job", metavar="JOB", help="job id from submit or list")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     logs.add_argument("--rank", type=int, help="only this global rank's lines (default: every line)")
-    sub.add_parser("list", help="jobs submitted from this machine")
+    sub.add_parser("list", help="jobs run or submitted from this machine")
     build.add_arguments(sub.add_parser("build", help="build the training image from docker/Dockerfile"))
     return parser
 
@@ -198,9 +200,14 @@ def _run_command(args: argparse.Namespace) -> int:
             print(f"{handle.id}\t{handle.name}\t{handle.folder}")
         return EXIT_OK
     handle = load_handle(args.job)
-    engine = cluster_engine(handle.target)
+    engine = job_engine(handle.target)
     if args.command == "status":
         print(engine.status(handle))
+    elif args.command == "stacks":
+        try:
+            print(engine.stacks(handle))
+        except TimeoutError as err:
+            raise SpecError("JOB", str(err), "check `gangrun status` that it still runs") from None
     elif args.command == "cancel":
         engine.cancel(handle)
     else:

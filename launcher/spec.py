@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from launcher.agent.watchdog import HangTimeout
 from launcher.errors import SpecError
 from launcher.options import option
 
@@ -125,6 +126,10 @@ class JobSpec:
     gpus_per_node: int = option(0, metavar="G", help="GPUs each node asks the scheduler for")
     time: str | None = option(None, metavar="[D-]HH:MM:SS",
                               help="time limit of the whole job, after which the scheduler stops it")
+    hang_timeout: str = option("auto", metavar="S|auto|off",
+                               help="seconds a rank may make no progress before the job is called hung, its "
+                                    "stacks taken and it is stopped (exit 124) or restarted; auto derives it from "
+                                    "observed step times, off never calls a hang")
 
     @property
     def job_name(self) -> str:
@@ -154,4 +159,8 @@ class JobSpec:
                 raise SpecError("rdzv_endpoint", f"port in '{self.rdzv_endpoint}' is out of range", "use 1-65535")
         if self.time is not None:
             time_limit_seconds(self.time)
+        try:
+            HangTimeout.parse(self.hang_timeout)
+        except ValueError as err:
+            raise SpecError("hang_timeout", str(err), "use e.g. --hang-timeout 300, auto or off") from None
         return self

@@ -57,6 +57,19 @@ def torchrun_args(spec: JobSpec, rdzv: Rendezvous, log_dir: str | None = None) -
     return [*args, *spec.entrypoint.argv()]
 
 
+def agent_flags(spec: JobSpec, stop_grace_s: int, status_dir: str | None = None) -> list[str]:
+    """The agent's own flags, before torchrun's (launcher.agent.guard.split_agent_args reads them).
+
+    ``stop_grace_s`` is how long the workers get to save after a stop signal: each engine's own
+    budget for it (the local stop grace, Slurm's signal lead, the pod's checkpoint budget).
+    ``status_dir`` is where the agent publishes its ranks for ``gangrun status`` and ``stacks``.
+    """
+    flags = [f"--hang-timeout={spec.hang_timeout}", f"--stop-grace={stop_grace_s}"]
+    if status_dir is not None:
+        flags.append(f"--status-dir={status_dir}")
+    return flags
+
+
 def agent_launch(python: str) -> list[str]:
     """How every engine starts a node's agent: ``python -P -m launcher.agent``.
 

@@ -29,6 +29,8 @@ def child_env(tmp: Path) -> dict[str, str]:
                                                                    "WORLD_SIZE", "MASTER_", "TORCHELASTIC"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["MPLCONFIGDIR"] = str(tmp / "mpl")
+    # Local runs leave a handle (gangrun list); each test keeps its own.
+    env["GANGRUN_HOME"] = str(tmp / "gangrun-home")
     return env
 
 

@@ -7,7 +7,7 @@ Adding one means its package and one line here.
 from __future__ import annotations
 
 from launcher.engines import k8s, local, slurm
-from launcher.engines.base import ClusterEngine, Engine
+from launcher.engines.base import ClusterEngine, Engine, JobEngine
 from launcher.errors import SpecError
 
 ENGINES: dict[str, Engine] = {engine.name: engine for engine in (local.ENGINE, slurm.ENGINE, k8s.ENGINE)}
@@ -23,3 +23,11 @@ def cluster_engine(name: str) -> ClusterEngine:
     if name not in engines:
         raise SpecError("target", f"'{name}' is not a cluster engine", f"use one of: {', '.join(engines)}")
     return engines[name]
+
+
+def job_engine(name: str) -> JobEngine:
+    """The engine a job handle belongs to (every engine's runs have handles, local ones too)."""
+    engine = ENGINES.get(name)
+    if not isinstance(engine, JobEngine):
+        raise SpecError("JOB", f"'{name}' jobs have no handles", f"use one of: {', '.join(ENGINES)}")
+    return engine

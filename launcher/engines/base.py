@@ -14,7 +14,7 @@ from launcher.jobs import JobHandle
 from launcher.spec import JobSpec
 
 # JobSpec fields every engine honours; each engine adds the ones it reads beyond them.
-CORE_FIELDS = frozenset({"name", "nnodes", "nproc_per_node", "max_restarts", "env"})
+CORE_FIELDS = frozenset({"name", "nnodes", "nproc_per_node", "max_restarts", "env", "hang_timeout"})
 
 
 class Engine(Protocol):
@@ -41,13 +41,22 @@ class Engine(Protocol):
 
 
 @runtime_checkable
-class ClusterEngine(Engine, Protocol):
-    """An engine that submits to a scheduler and finds the job again by its handle."""
+class JobEngine(Engine, Protocol):
+    """An engine whose jobs have handles: `gangrun status|logs|stacks|cancel JOB` find them again."""
 
-    def submit(self, spec: JobSpec, options: Any) -> JobHandle: ...
+    def status(self, handle: JobHandle) -> str:
+        """The job's state, and for a running job one line per rank (step, phase, step times, last progress)."""
 
-    def status(self, handle: JobHandle) -> str: ...
+    def stacks(self, handle: JobHandle) -> str:
+        """Every rank's Python stack, now (a running job)."""
 
     def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]: ...
 
     def cancel(self, handle: JobHandle) -> None: ...
+
+
+@runtime_checkable
+class ClusterEngine(JobEngine, Protocol):
+    """An engine that submits to a scheduler."""
+
+    def submit(self, spec: JobSpec, options: Any) -> JobHandle: ...

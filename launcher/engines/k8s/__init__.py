@@ -35,7 +35,11 @@ class KubernetesEngine:
         return handle
 
     def status(self, handle: JobHandle) -> str:
-        return kubectl.status(handle)
+        state = kubectl.status(handle)
+        return f"{state}\n{kubectl.ranks(handle)}" if state.startswith("Running") else state
+
+    def stacks(self, handle: JobHandle) -> str:
+        return kubectl.stacks(handle)
 
     def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
         return kubectl.logs(handle, follow, rank)

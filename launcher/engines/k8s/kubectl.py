@@ -7,10 +7,11 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
-from launcher.contract import rank_of
-from launcher.engines.k8s.manifests import JOB_LABEL, Obj
+from launcher.contract import SAFE_PATH_FLAG, rank_of
+from launcher.engines.k8s.manifests import CONTAINER_NAMES, JOB_LABEL, POD_STATUS_DIR, Obj
 from launcher.errors import SpecError
 from launcher.jobs import JobHandle
+from launcher.ranks import format_ranks
 
 # kubectl's names for the kinds, fully qualified so a same-named CRD elsewhere can't shadow them.
 RESOURCES = {
@@ -98,6 +99,35 @@ def logs(handle: JobHandle, follow: bool = False, rank: int | None = None) -> It
     with subprocess.Popen(logs_argv(handle, follow), stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         yield from filter_rank(proc.stdout, rank)
+
+
+def pods_argv(handle: JobHandle) -> list[str]:
+    """The names of the job's running pods, space-separated."""
+    return [*kubectl_base(handle.extra.get("namespace")), "get", "pods", "-l", f"{JOB_LABEL}={handle.name}",
+            "--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].metadata.name}"]
+
+
+def exec_argv(handle: JobHandle, pod: str, command: str) -> list[str]:
+    """``launcher.ranks`` in one pod, reading what its agent published in POD_STATUS_DIR."""
+    container = CONTAINER_NAMES[handle.extra["kind"]]
+    return [*kubectl_base(handle.extra.get("namespace")), "exec", pod, "-c", container, "--",
+            "python", SAFE_PATH_FLAG, "-m", "launcher.ranks", command, POD_STATUS_DIR]
+
+
+def _running_pods(handle: JobHandle) -> list[str]:
+    return _kubectl(pods_argv(handle)).split()
+
+
+def ranks(handle: JobHandle) -> str:
+    rows = [row for pod in _running_pods(handle) for row in json.loads(_kubectl(exec_argv(handle, pod, "ranks")))]
+    return format_ranks(sorted(rows, key=lambda row: int(row["rank"])))
+
+
+def stacks(handle: JobHandle) -> str:
+    pods = _running_pods(handle)
+    if not pods:
+        raise SpecError("JOB", f"{handle.id} has no running pod", "stacks are taken from a running job")
+    return "\n".join(f"# pod {pod}\n{_kubectl(exec_argv(handle, pod, 'stacks'))}" for pod in pods)
 
 
 def cancel(handle: JobHandle) -> None:

@@ -19,7 +19,7 @@ from launcher.build import DEFAULT_IMAGE
 from launcher.contract import EXIT_BAD_INPUT
 from launcher.engines.k8s.options import K8sOptions
 from launcher.spec import JobSpec, time_limit_seconds
-from launcher.torchrun import Rendezvous, agent_launch, torchrun_args
+from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
 
 Obj = dict[str, Any]
 
@@ -72,13 +72,21 @@ def time_limit_s(time: str | None) -> int | None:
     return None if time is None else time_limit_seconds(time)
 
 
-def container_command(spec: JobSpec) -> list[str]:
-    """The command every pod runs: torchrun (through launcher.agent) reading the PET_* contract."""
+# Each pod's agent publishes its ranks here; `gangrun status|stacks` read it with kubectl exec.
+POD_STATUS_DIR = "/tmp/gangrun-status"
+
+
+def container_command(spec: JobSpec, k8s: K8sOptions) -> list[str]:
+    """The command every pod runs: torchrun (through launcher.agent) reading the PET_* contract.
+
+    The workers get the checkpoint budget to save after SIGTERM; a hang's stacks go to the pod log.
+    """
     if spec.nnodes.elastic:
         rdzv = Rendezvous("c10d", "$(PET_MASTER_ADDR)", "$(PET_MASTER_PORT)", run_id=spec.job_name)
     else:
         rdzv = Rendezvous("static", "$(PET_MASTER_ADDR)", "$(PET_MASTER_PORT)", node_rank="$(PET_NODE_RANK)")
-    return [*agent_launch("python"), *torchrun_args(spec, rdzv)]
+    flags = agent_flags(spec, k8s.checkpoint_budget_s, POD_STATUS_DIR)
+    return [*agent_launch("python"), *flags, *torchrun_args(spec, rdzv)]
 
 
 def pet_env(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
@@ -163,7 +171,7 @@ def container(spec: JobSpec, k8s: K8sOptions, env: list[Obj], port_name: str) ->
     out: Obj = {
         "name": CONTAINER_NAMES[k8s.kind],
         "image": spec.image or DEFAULT_IMAGE,
-        "command": container_command(spec),
+        "command": container_command(spec, k8s),
         "env": env,
     }
     out["ports"] = [{"name": port_name, "containerPort": MASTER_PORT, "protocol": "TCP"}]
@@ -273,7 +281,7 @@ def render_trainjob(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
     patchable pod fields do not include restartPolicy or podFailurePolicy: those are the runtime's.
     """
     vols, mounts = volumes(spec, k8s)
-    trainer: Obj = {"image": spec.image or DEFAULT_IMAGE, "command": container_command(spec),
+    trainer: Obj = {"image": spec.image or DEFAULT_IMAGE, "command": container_command(spec, k8s),
                     "numNodes": spec.nnodes.max}
     if isinstance(spec.nproc_per_node, int):
         trainer["numProcPerNode"] = spec.nproc_per_node

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from launcher.engines.base import CORE_FIELDS
+from launcher.engines.local import jobs
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import render_text
 from launcher.engines.local.run import run_local
+from launcher.jobs import JobHandle
 from launcher.spec import JobSpec
 
 
@@ -19,10 +23,22 @@ class LocalEngine:
         options.validate(spec)
 
     def render(self, spec: JobSpec, options: LocalOptions) -> str:
-        return render_text(spec)
+        return render_text(spec, options.stop_grace_s)
 
     def run(self, spec: JobSpec, options: LocalOptions) -> int:
         return run_local(spec, options)
+
+    def status(self, handle: JobHandle) -> str:
+        return jobs.status(handle)
+
+    def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+        return jobs.logs(handle, follow, rank)
+
+    def stacks(self, handle: JobHandle) -> str:
+        return jobs.stacks(handle)
+
+    def cancel(self, handle: JobHandle) -> None:
+        jobs.cancel(handle)
 
 
 ENGINE = LocalEngine()

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from launcher.spec import JobSpec
-from launcher.torchrun import Rendezvous, agent_launch, torchrun_args
+from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
 
 LOOPBACK = "127.0.0.1"
 # What a dry run prints in place of the values picked fresh at run time.
@@ -42,8 +42,10 @@ def render_local(
     python: str = sys.executable,
     cpu_count: int = os.cpu_count() or 1,
     environ: Mapping[str, str] = os.environ,
+    stop_grace_s: int = 30,
+    folder: str | None = None,
 ) -> list[AgentCommand]:
-    """Every node's agent on this machine.
+    """Every node's agent on this machine; with ``folder``, the run's handle folder (logs and status).
 
     One node with a fixed count uses static rendezvous (about 2.5 s faster to start than c10d);
     several nodes, an elastic range or a given endpoint use c10d, as a cluster would.
@@ -62,13 +64,16 @@ def render_local(
             rdzv = Rendezvous("c10d", host or LOOPBACK, given_port or port, run_id, conf=conf)
         else:
             rdzv = Rendezvous("static", LOOPBACK, port, run_id, node_rank=node)
-        commands.append(AgentCommand(node, [*agent_launch(python), *torchrun_args(spec, rdzv)], env))
+        flags = agent_flags(spec, stop_grace_s, f"{folder}/status" if folder else None)
+        logs = f"{folder}/logs/node{node}" if folder else None
+        commands.append(AgentCommand(node, [*agent_launch(python), *flags, *torchrun_args(spec, rdzv, logs)], env))
     return commands
 
 
-def render_text(spec: JobSpec) -> str:
+def render_text(spec: JobSpec, stop_grace_s: int) -> str:
     """What `gangrun run --dry-run` prints: one shell line per node's agent."""
-    commands = render_local(spec, port=DRY_RUN_PORT, run_id=f"{spec.job_name}-{DRY_RUN_ID}")
+    commands = render_local(spec, port=DRY_RUN_PORT, run_id=f"{spec.job_name}-{DRY_RUN_ID}",
+                            stop_grace_s=stop_grace_s)
     lines = [f"# gangrun run: {len(commands)} node agent(s) on this machine; "
              f"port {DRY_RUN_PORT} and {DRY_RUN_ID} are picked fresh at run time"]
     lines += [cmd.shell_line() for cmd in commands]

@@ -7,11 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
-from launcher.contract import EXIT_OK, SAFE_PATH_FLAG, SHIPPED_PROGRAM, SIGNAL_EXIT_BASE, exit_status
+from launcher.contract import EXIT_OK, SAFE_PATH_FLAG, SHIPPED_PROGRAM, exit_status
+from launcher.engines.local.jobs import CONSOLE, new_handle, record_exit
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import LOOPBACK, render_local
 from launcher.errors import SpecError
@@ -65,18 +68,50 @@ def _die_with_parent() -> None:
         pass
 
 
+def _copy(stream: IO[bytes], out: IO[bytes], log: IO[bytes]) -> None:
+    """One agent stream to the console and to the run's console.log, line by line."""
+    for line in iter(stream.readline, b""):
+        out.write(line)
+        out.flush()
+        log.write(line)
+        log.flush()
+
+
 def run_local(spec: JobSpec, options: LocalOptions) -> int:
     """Start every node's agent, forward SIGINT/SIGTERM, stop the rest at the first failure.
 
-    Returns the exit status of the first agent that failed (its first worker's code), else 0.
+    Returns the exit status of the first agent that failed (its first worker's code), else 0. The
+    run has a handle (``local-<run id>``) for `gangrun status|logs|stacks|cancel` while it runs.
     """
     check_entrypoint(spec)
-    commands = render_local(spec, free_port(), f"{spec.job_name}-{uuid.uuid4().hex[:8]}")
-    procs = [
-        subprocess.Popen(cmd.argv, env={**os.environ, **cmd.env}, start_new_session=True,
-                         preexec_fn=_die_with_parent)
-        for cmd in commands
-    ]
+    run_id = f"{spec.job_name}-{uuid.uuid4().hex[:8]}"
+    handle = new_handle(run_id, spec.job_name, spec.nnodes.max)
+    print(f"gangrun: run {handle.id} (gangrun status|logs|stacks {handle.id}); folder {handle.folder}",
+          file=sys.stderr, flush=True)
+    commands = render_local(spec, free_port(), run_id, stop_grace_s=options.stop_grace_s, folder=handle.folder)
+    code = EXIT_OK
+    with (Path(handle.folder) / CONSOLE).open("ab") as log:
+        procs = [
+            subprocess.Popen(cmd.argv, env={**os.environ, **cmd.env}, start_new_session=True,
+                             preexec_fn=_die_with_parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for cmd in commands
+        ]
+        copies = [threading.Thread(target=_copy, args=(stream, out, log), daemon=True)
+                  for proc in procs
+                  for stream, out in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))
+                  if stream is not None]
+        for thread in copies:
+            thread.start()
+        try:
+            code = _supervise_signalled(procs, options.stop_grace_s)
+        finally:
+            for thread in copies:
+                thread.join(timeout=5)
+            record_exit(handle, code)
+    return code
+
+
+def _supervise_signalled(procs: list[subprocess.Popen[bytes]], grace_s: int) -> int:
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -87,13 +122,19 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _supervise(procs, received, options.stop_grace_s)
+        # The agents get the grace to stop their workers, and a little more to report.
+        return _supervise(procs, received, grace_s + AGENT_REPORT_S)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+# After the stop grace the agents kill what is left of their workers; this long more to say so and exit.
+AGENT_REPORT_S = 10
+
+
 def _supervise(procs: list[subprocess.Popen[bytes]], received: list[int], grace_s: float) -> int:
+    """Wait for every agent; the first failed one's status, else 0."""
     first_failure: int | None = None
     deadline: float | None = None
     while True:
@@ -117,8 +158,5 @@ def _supervise(procs: list[subprocess.Popen[bytes]], received: list[int], grace_
                 if proc.poll() is None:
                     proc.kill()
         time.sleep(0.05)
-    if first_failure is not None:
-        return first_failure
-    if received:
-        return SIGNAL_EXIT_BASE + received[0]
-    return EXIT_OK
+    # An agent's own code says what a stop meant: 75 saved, 0 already finished.
+    return first_failure if first_failure is not None else EXIT_OK

@@ -12,7 +12,9 @@ from launcher.engines.slurm.options import SlurmOptions
 from launcher.engines.slurm.script import JobFiles, render_sbatch
 from launcher.engines.slurm.state import JobState, job_state
 from launcher.engines.slurm.submit import accounting_state, cancel_job, job_folder, python_for, submit_job
+from launcher.errors import SpecError
 from launcher.jobs import JobHandle
+from launcher.ranks import format_ranks, read_ranks, request_stacks
 from launcher.spec import JobSpec
 
 # Between state checks while following logs: double from the first to the last, so a long job
@@ -39,7 +41,20 @@ class SlurmEngine:
         return job_state(handle.native_id, lambda: accounting_state(handle))
 
     def status(self, handle: JobHandle) -> str:
-        return self.state(handle).describe()
+        state = self.state(handle)
+        if state.done:
+            return state.describe()
+        return f"{state.describe()}\n{format_ranks(read_ranks(self._status_dir(handle)))}"
+
+    def stacks(self, handle: JobHandle) -> str:
+        if self.state(handle).done:
+            raise SpecError("JOB", f"{handle.id} has ended", "stacks are taken from a running job")
+        return request_stacks(self._status_dir(handle), int(handle.extra.get("nnodes", "1")))
+
+    @staticmethod
+    def _status_dir(handle: JobHandle) -> Path:
+        # As launcher.engines.slurm.script.status_dir renders it, with the job id filled in.
+        return Path(handle.folder) / f"{handle.native_id}.status"
 
     def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
         files = JobFiles(Path(handle.folder))

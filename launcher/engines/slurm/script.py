@@ -11,7 +11,7 @@ from launcher import __version__
 from launcher.contract import EXIT_REQUEUE, NOTICE_SIGNAL
 from launcher.engines.slurm.options import SlurmOptions
 from launcher.spec import JobSpec
-from launcher.torchrun import Rendezvous, agent_launch, torchrun_args
+from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
 
 # Without "B:", Slurm sends the notice to every process of every step, so each worker gets it
 # directly (measured: scancel --signal=USR2 and --signal=USR2@50 alike).
@@ -91,7 +91,12 @@ def environment(spec: JobSpec, options: SlurmOptions) -> dict[str, str]:
     return env
 
 
-def agent_command(spec: JobSpec, python: str) -> tuple[list[str], list[str]]:
+def status_dir(files: JobFiles) -> str:
+    """Where every node's agent publishes its ranks (gangrun status, stacks): the job folder, shared."""
+    return f"{files.folder}/{JOB_ID}.status"
+
+
+def agent_command(spec: JobSpec, python: str, options: SlurmOptions, files: JobFiles) -> tuple[list[str], list[str]]:
     """One node's agent as (launcher and torchrun flags, entrypoint), each word shell-quoted.
 
     The flags come from the one torchrun function; the rendezvous from the allocation at run time.
@@ -101,7 +106,8 @@ def agent_command(spec: JobSpec, python: str) -> tuple[list[str], list[str]]:
         rdzv = Rendezvous("c10d", host, port, JOB_ID)
     else:
         rdzv = Rendezvous("c10d", HEAD_NODE, RDZV_PORT, JOB_ID)
-    args = torchrun_args(spec, rdzv)
+    # The workers save within the signal's lead on the time limit.
+    args = [*agent_flags(spec, options.signal_grace_s, status_dir(files)), *torchrun_args(spec, rdzv)]
     split = len(args) - len(spec.entrypoint.argv())
     # The entrypoint's own arguments are always literal: only torchrun's flags name our variables.
     return ([*map(shlex.quote, agent_launch(python)), *map(shell_word, args[:split])],
@@ -140,7 +146,7 @@ def requeue_block(options: SlurmOptions) -> list[str]:
 def render_sbatch(spec: JobSpec, options: SlurmOptions, folder: Path, python: str) -> str:
     """The whole batch script for ``spec``, writing its logs under ``folder`` (validated input)."""
     files = JobFiles(folder)
-    launcher_and_flags, program = agent_command(spec, python)
+    launcher_and_flags, program = agent_command(spec, python, options, files)
     launch = len(agent_launch(python))
     command = [" ".join(srun_command(options, files)), " ".join(launcher_and_flags[:launch]),
                *launcher_and_flags[launch:],

@@ -59,7 +59,7 @@ def submit_job(script: str, spec: JobSpec, options: SlurmOptions) -> JobHandle:
     folder = job_folder(spec, options)
     job_id = sbatch(script, folder)
     handle = JobHandle(target="slurm", native_id=job_id, name=spec.job_name, folder=str(folder),
-                       extra={"script": str(folder / f"{job_id}.sbatch")})
+                       extra={"script": str(folder / f"{job_id}.sbatch"), "nnodes": str(spec.nnodes.max)})
     handle.save()
     return handle
 
