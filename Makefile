@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The real engines' markers (pyproject.toml): test-fast leaves out every test that starts one.
 ENGINES := multiprocess or slurm or podman or s3
 
-.PHONY: demo test test-fast lint provision venv bench clean
+.PHONY: demo test test-fast chaos lint provision venv bench clean
 
 $(BIN)/gangrun: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: provision
 # Pure and unit tests only, no real engine: under a minute, for the edit-test loop.
 test-fast: venv
 	$(BIN)/python -m pytest -m "not ($(ENGINES))" $(PYTEST_ARGS)
+
+# The chaos suite at its full counts (20 SIGKILLs, 10 kills before a commit, 20 stops, 10 hangs); CI runs fewer.
+chaos: venv
+	GANGRUN_CHAOS=full $(BIN)/python -m pytest -m chaos -s $(PYTEST_ARGS)
 
 # ruff's rules and mypy's types, as configured in pyproject.toml.
 lint: venv

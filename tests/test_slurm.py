@@ -144,3 +144,23 @@ def test_sbatch_refusal_is_one_line_exit_2(cluster: SlurmCluster, work: Path) ->
     result = gangrun(cluster, work, "submit", "--target", "slurm", "--partition", "nosuch", "-m", "train")
     assert result.returncode == 2
     assert result.stderr.startswith("gangrun: error: slurm: sbatch refused the job") and result.stderr.count("\n") == 1
+
+
+def test_a_running_job_shows_its_ranks_and_stacks_and_a_hang_ends_it_with_a_verdict(cluster: SlurmCluster,
+                                                                                    work: Path) -> None:
+    out = work / "hung"
+    job = submit(cluster, work, "--nnodes", "2", "--nproc-per-node", "1", "--name", "hung", "--hang-timeout", "8",
+                 "--env", "GANGRUN_TEST_STALL=1:120", *digits(out))
+    wait_for_line(cluster, work, job, r"\[rank0\]: step\s+\d+ ")
+    # While it runs (training, or rank 1 already stalled): every rank's progress, from both nodes' agents.
+    status = gangrun(cluster, work, "status", job).stdout
+    assert status.startswith("RUNNING") and re.search(r"^ +1  \S+ +\d+  train ", status, re.MULTILINE), status
+    stacks = gangrun(cluster, work, "stacks", job)
+    assert stacks.returncode == 0 and stacks.stdout.count('"MainThread"') == 2, stacks.stdout + stacks.stderr
+    followed = gangrun(cluster, work, "logs", "--follow", job)
+    verdicts = set(re.findall(r"gangrun: hang: rank \d.*stacks in \S+", followed.stdout))
+    # Both nodes print the same verdict: rank 1 stalled on one node, rank 0 waited on the other.
+    assert len(verdicts) == 1 and "rank 1 (" in verdicts.pop().split(";")[0], followed.stdout[-4000:]
+    assert "ended with exit 124" in followed.stdout, followed.stdout[-3000:]
+    [folder] = out.glob("hang-*")
+    assert sorted(p.name for p in folder.glob("rank*.txt")) == ["rank0.txt", "rank1.txt"]
