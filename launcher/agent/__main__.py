@@ -1,7 +1,16 @@
-"""`python -m launcher.agent` takes exactly torchrun's argv."""
+"""`python -m launcher.agent [agent flags] TORCHRUN_ARGV`: stop signals are noted before torch is imported."""
 
+import signal
 import sys
 
-from launcher.agent.main import main
+from launcher.contract import STOP_SIGNALS
 
-sys.exit(main())
+noted: list[int] = []
+# Importing torch takes seconds; a stop signal or the notice meanwhile must not kill the agent
+# (143, 140) but ask for a requeue with nothing started (see launcher.agent.main.main).
+for _signum in STOP_SIGNALS:
+    signal.signal(_signum, lambda signum, _frame: noted.append(signum))
+
+from launcher.agent.main import main  # noqa: E402
+
+sys.exit(main(noted=noted))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -40,9 +43,22 @@ class Hooks:
     policy: RequeuePolicy
     guard: NodeGuard
     failure_grace_s: int = AFTER_FAILURE_GRACE_S
+    _told: set[int] = field(default_factory=set)
 
     def watch(self, group: WorkerGroup, outputs: list[str]) -> RunResult | None:
+        self._pass_on_notice(group)
         return self.guard.watch(group, outputs)
+
+    def _pass_on_notice(self, group: WorkerGroup) -> None:
+        """Workers started after the notice (it came during the rendezvous) never saw it: tell them."""
+        if self.policy.notice is None:
+            return
+        for worker in group.workers:
+            pid = worker.id
+            if isinstance(pid, int) and pid not in self._told and started_after(pid, self.policy.noticed_at):
+                self._told.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, self.policy.notice)
 
     def stop_restarting(self, result: RunResult) -> bool:
         return self.policy.stop_restarting(result)
@@ -54,18 +70,45 @@ class Hooks:
         self.policy.after_shutdown(exit_codes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one node's agent; returns the first failed worker's code, 75 for "requeue me", 124 for a hang, or 0."""
+def started_after(pid: int, moment: float) -> bool:
+    """Whether process ``pid`` started after wall time ``moment`` (from /proc: its start in clock ticks)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK") > moment
+
+
+def _stop_torchrun(signum: int, _frame: object) -> None:
+    # What torchrun's own handler does once its workers run: it stops the agent and its workers.
+    raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
+
+
+def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
+    """Run one node's agent; returns the first failed worker's code, 75 for "requeue me", 124 for a hang, or 0.
+
+    ``noted``: stop signals that arrived while the agent started (before torch was imported).
+    """
+    noted = noted if noted is not None else []
+    policy = RequeuePolicy()
+    policy.outlive_notice()
+    # From here until torchrun installs its own: during the rendezvous, a stop ends the agent as it would later.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_torchrun)
+    if noted:
+        print(f"gangrun: agent got {signal.Signals(noted[0]).name} while starting; nothing ran, exiting "
+              f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
+        return EXIT_REQUEUE
     settings, torchrun_argv = split_agent_args(sys.argv[1:] if argv is None else argv)
     args = parse_torchrun_args(torchrun_argv)
     protect_shipped_program(args)
-    policy = RequeuePolicy()
-    policy.outlive_notice()
     guard = NodeGuard(settings)
     guard.announce()
     try:
         with agent_class(hooked_agent_class(Hooks(policy, guard))):
             torchrun_run(args)
+        guard.summary()
     except ChildFailedError as err:
         if guard.hang is not None:
             print(f"gangrun: exiting {EXIT_HANG} (hang); {guard.hang.line.removeprefix('gangrun: ')}",

@@ -11,14 +11,15 @@ torch 2.14 and a worker that saves and exits 75 on USR2 (tests/test_agent_signal
 - USR2 to the workers only, with ``--max-restarts=2``: torchrun restarts the group after the 75
   and trains on inside an allocation about to end; the engine never gets to requeue.
 So the agent notes USR2 and carries on, and a worker's 75 ends the run with 75, restarts or not.
-The agent does not pass USR2 on: Slurm already signals every worker, and a second USR2 that lands
-while a worker exits 75 kills it (Python restores default handlers at shutdown), exit 140 (measured).
+The agent does not pass USR2 on to workers that were running: Slurm already signals every worker.
+Workers it starts after the notice (it came during the rendezvous) get it from the agent.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import time
 from types import FrameType
 
 from torch.distributed.elastic.agent.server.api import RunResult
@@ -37,10 +38,11 @@ class RequeuePolicy:
     def __init__(self) -> None:
         self.workers_saved = False
         self.notice: signal.Signals | None = None
+        self.noticed_at = 0.0
         self.exit_codes: list[int | None] = []
 
     def note_notice(self, signum: int, _frame: FrameType | None) -> None:
-        self.notice = signal.Signals(signum)
+        self.notice, self.noticed_at = signal.Signals(signum), time.time()
         print(f"gangrun: agent got {self.notice.name}: workers save at the next step and exit "
               f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,9 +12,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from launcher.contract import EXIT_OK, SAFE_PATH_FLAG, SHIPPED_PROGRAM, exit_status
+from launcher.contract import EXIT_OK, EXIT_REQUEUE, NOTICE_SIGNAL, SAFE_PATH_FLAG, SHIPPED_PROGRAM, exit_status
 from launcher.engines.local.jobs import CONSOLE, new_handle, record_exit
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import LOOPBACK, render_local
@@ -78,7 +79,7 @@ def _copy(stream: IO[bytes], out: IO[bytes], log: IO[bytes]) -> None:
 
 
 def run_local(spec: JobSpec, options: LocalOptions) -> int:
-    """Start every node's agent, forward SIGINT/SIGTERM, stop the rest at the first failure.
+    """Start every node's agent, forward stop signals, stop the rest at the first failure.
 
     Returns the exit status of the first agent that failed (its first worker's code), else 0. The
     run has a handle (``local-<run id>``) for `gangrun status|logs|stacks|cancel` while it runs.
@@ -90,20 +91,25 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
           file=sys.stderr, flush=True)
     commands = render_local(spec, free_port(), run_id, stop_grace_s=options.stop_grace_s, folder=handle.folder)
     code = EXIT_OK
-    with (Path(handle.folder) / CONSOLE).open("ab") as log:
-        procs = [
-            subprocess.Popen(cmd.argv, env={**os.environ, **cmd.env}, start_new_session=True,
-                             preexec_fn=_die_with_parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for cmd in commands
-        ]
+    with (Path(handle.folder) / CONSOLE).open("ab") as log, Forwarder() as forwarder:
+        for cmd in commands:
+            if forwarder.received:
+                break
+            forwarder.procs.append(subprocess.Popen(
+                cmd.argv, env={**os.environ, **cmd.env}, start_new_session=True, preexec_fn=_die_with_parent,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         copies = [threading.Thread(target=_copy, args=(stream, out, log), daemon=True)
-                  for proc in procs
+                  for proc in forwarder.procs
                   for stream, out in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))
                   if stream is not None]
         for thread in copies:
             thread.start()
         try:
-            code = _supervise_signalled(procs, options.stop_grace_s)
+            if forwarder.received and len(forwarder.procs) < len(commands):
+                code = forwarder.stop_before_start()
+            else:
+                # The agents get the grace to stop their workers, and a little more to report.
+                code = _supervise(forwarder.procs, forwarder.received, options.stop_grace_s + AGENT_REPORT_S)
         finally:
             for thread in copies:
                 thread.join(timeout=5)
@@ -111,22 +117,43 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
     return code
 
 
-def _supervise_signalled(procs: list[subprocess.Popen[bytes]], grace_s: int) -> int:
-    received: list[int] = []
+class Forwarder:
+    """The stop signals `gangrun run` passes on to the agents it started, from before the first starts."""
 
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        for proc in procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Forwarder:
+        self._previous = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous[NOTICE_SIGNAL] = signal.signal(NOTICE_SIGNAL, self._notice)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        # The agents get the grace to stop their workers, and a little more to report.
-        return _supervise(procs, received, grace_s + AGENT_REPORT_S)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def _notice(self, signum: int, _frame: object) -> None:
+        # As Slurm sends it: to every process of every node, the agents and their workers, which
+        # share the agent's process group. They save at the next step and exit 75 on their own.
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signum)
+
+    def stop_before_start(self) -> int:
+        """Stopped before every node started: stop those that did; nothing trained, ask for a requeue."""
+        _supervise(self.procs, self.received, AGENT_REPORT_S)
+        print(f"gangrun: stopped by {signal.Signals(self.received[0]).name} before every node started; "
+              f"exiting {EXIT_REQUEUE}", file=sys.stderr, flush=True)
+        return EXIT_REQUEUE
 
 
 # After the stop grace the agents kill what is left of their workers; this long more to say so and exit.
