@@ -206,3 +206,15 @@ def test_on_two_nodes_every_node_takes_its_stacks_and_prints_the_same_verdict(tm
     assert "rank 1 (" in verdicts.pop().split(";")[0]
     assert sorted(p.name for p in evidence(out).glob("rank*.txt")) == ["rank0.txt", "rank1.txt"]
     assert leftovers(str(out)) == []
+
+
+def test_a_slow_rank_of_a_program_that_reports_nothing_is_named_from_sampled_stacks(
+        tmp_path: Path, gangrun_env: dict[str, str]) -> None:
+    result = subprocess.run([str(BIN / "gangrun"), "run", "--nproc-per-node", "2",
+                             str(REPO / "tests" / "scripts" / "slow_rank1.py"), "200"],
+                            capture_output=True, text=True, env=gangrun_env, cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("gangrun: straggler (sampled stacks)")]
+    assert lines and all(line.startswith("gangrun: straggler (sampled stacks): rank 1 ") for line in lines), \
+        result.stderr
+    print(f"\n{lines[-1]}")

@@ -6,7 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher.engines.k8s.kubectl import apply_argv, delete_argv, filter_rank, logs_argv, summarize_status
+from launcher.engines.k8s.kubectl import (
+    apply_argv,
+    delete_argv,
+    exec_argv,
+    filter_rank,
+    logs_argv,
+    pods_argv,
+    summarize_status,
+)
 from launcher.jobs import JobHandle
 
 BIN = Path(sys.executable).parent
@@ -26,6 +34,17 @@ def test_cancel_deletes_the_workload_and_the_jobs_service():
     assert delete_argv(handle("jobset"))[-1] == "jobsets.jobset.x-k8s.io/llm"
     assert delete_argv(handle("trainjob"))[-1] == "trainjobs.trainer.kubeflow.org/llm"
     assert delete_argv(handle("pytorchjob"))[-1] == "pytorchjobs.kubeflow.org/llm"
+
+
+def test_status_and_stacks_read_each_running_pods_agent_through_kubectl_exec():
+    assert pods_argv(handle("job")) == ["kubectl", "--namespace", "ml", "get", "pods", "-l", "gangrun/job=llm",
+                                        "--field-selector=status.phase=Running", "-o",
+                                        "jsonpath={.items[*].metadata.name}"]
+    # The pod's agent publishes its ranks where the rendered command told it to (--status-dir).
+    assert exec_argv(handle("trainjob"), "llm-node-0-0", "stacks") == [
+        "kubectl", "--namespace", "ml", "exec", "llm-node-0-0", "-c", "node", "--",
+        "python", "-P", "-m", "launcher.ranks", "stacks", "/tmp/gangrun-status"]
+    assert "--status-dir=/tmp/gangrun-status" in (Path(__file__).parent.parent / "k8s" / "job.yaml").read_text()
 
 
 def test_logs_come_from_every_pod_with_prefixes():

@@ -11,6 +11,7 @@ from launcher.agent.guard import AgentSettings, split_agent_args
 from launcher.agent.hang import RankView, culprits, hang_verdict
 from launcher.agent.progress import RankProgress, parse_record, read_rank
 from launcher.agent.requeue import stopped_status
+from launcher.agent.sampler import MIN_SAMPLES, StackSampler
 from launcher.agent.stacks import Stack, main_thread, parse_threads
 from launcher.agent.watchdog import HangTimeout, Watchdog, allowance
 from train.progress import Progress, percentile
@@ -165,3 +166,18 @@ def test_after_a_stop_the_workers_codes_say_what_it_meant() -> None:
     assert stopped_status([75, -15])[0] == 75
     assert stopped_status([-15, -15])[0] == 75
     assert stopped_status([2, -15])[0] == 2
+
+
+def test_sampled_stacks_name_the_rank_that_rarely_waits() -> None:
+    sampler = StackSampler()
+    for i in range(MIN_SAMPLES):
+        assert sampler.verdict() is None
+        sampler.add({0: stack(0, PY_SPY_WAITING), 1: stack(1, FAULTHANDLER_STALLED if i else PY_SPY_WAITING),
+                     2: stack(2, PY_SPY_WAITING)})
+    line = sampler.verdict()
+    assert line is not None and line.startswith("gangrun: straggler (sampled stacks): rank 1 waited on its peers "
+                                                "in 20% of 5 samples, the other ranks in 100%")
+    even = StackSampler()
+    for _ in range(MIN_SAMPLES):
+        even.add({0: stack(0, PY_SPY_WAITING), 1: stack(1, PY_SPY_WAITING)})
+    assert even.verdict() is None

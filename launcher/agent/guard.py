@@ -26,7 +26,8 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from launcher.agent.exchange import HangCall, NodeExchange
 from launcher.agent.hang import HangReport, RankView, evidence_folder, hang_verdict, write_evidence
 from launcher.agent.progress import RankProgress, read_rank
-from launcher.agent.stacks import dump_stacks, process_state
+from launcher.agent.sampler import SAMPLE_INTERVAL_S, StackSampler
+from launcher.agent.stacks import dump_stacks, process_state, py_spy
 from launcher.agent.watchdog import HangTimeout, Watchdog, last_output
 from launcher.contract import PROGRESS_DIR_ENV
 from launcher.ranks import STACKS_REQUEST
@@ -77,6 +78,7 @@ class NodeGuard:
         self._watchdog: Watchdog | None = None
         self._exchange: NodeExchange | None = None
         self._attempt = 0
+        self.sampler = StackSampler()
         self._next_check = 0.0
         self._next_status = 0.0
         self._node = 0
@@ -104,6 +106,8 @@ class NodeGuard:
         self._node = group.group_rank or 0
         self._records = {rank: read_rank(self.progress_dir, rank) for rank in pids}
         self._publish(now)
+        if not self._watchdog.current(self._records):
+            self._sample(pids, now)
         silent = self._watchdog.check(self._records, last_output(outputs), now)
         call = self._exchange.called()
         if call is None and not silent:
@@ -113,6 +117,21 @@ class NodeGuard:
         elif not silent:
             print(f"gangrun: hang called by node {call.node}: taking this node's stacks", file=sys.stderr, flush=True)
         return self._call_hang(group, call, pids)
+
+    def _sample(self, pids: dict[int, int], now: float) -> None:
+        """A program that reports nothing: its stacks now and then, for the straggler verdict."""
+        if now < self.sampler.next_at or py_spy() is None:
+            return
+        self.sampler.next_at = now + SAMPLE_INTERVAL_S
+        self.sampler.add(dump_stacks(pids, self.progress_dir))
+        if not self.sampler.told and (line := self.sampler.verdict()) is not None:
+            self.sampler.told = True
+            print(line, file=sys.stderr, flush=True)
+
+    def summary(self) -> None:
+        """At the end of the run: the sampled straggler verdict, once more with every sample."""
+        if self.sampler.told and (line := self.sampler.verdict()) is not None:
+            print(line, file=sys.stderr, flush=True)
 
     def _call_hang(self, group: WorkerGroup, call: HangCall, pids: dict[int, int]) -> RunResult:
         assert self._watchdog is not None and self._exchange is not None
