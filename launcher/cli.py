@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("stacks", "every rank's Python stack, now, from a running job"),
                        ("cancel", "cancel a job (a local run: SIGTERM, so it saves and exits 75)")):
         sub.add_parser(name, help=text).add_argument("job", metavar="JOB", help="job id from run, submit or list")
-    logs = sub.add_parser("logs", help="a submitted job's output, rank-prefixed")
+    logs = sub.add_parser("logs", help="a job's output, rank-prefixed (a local run's console too)")
     logs.add_argument("job", metavar="JOB", help="job id from submit or list")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     logs.add_argument("--rank", type=int, help="only this global rank's lines (default: every line)")

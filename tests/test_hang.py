@@ -83,7 +83,9 @@ def test_a_sigstopped_rank_is_caught_and_nothing_is_left_running(tmp_path: Path,
     print(f"\nSIGSTOP to exit: {time.monotonic() - stopped:.1f} s with --hang-timeout 3")
     assert code == 124, output
     assert "rank 1 (" in hang_line(output) and "stopped by a signal (state T)" in hang_line(output)
-    assert (evidence(out) / "rank1.txt").read_text().count("MainThread") == 1
+    # py-spy's dump, or where it could not read the stopped rank, the program's own faulthandler.
+    dump = (evidence(out) / "rank1.txt").read_text()
+    assert re.search(r"state T via (py-spy|faulthandler)", dump) and "train_step" in dump, dump
     assert leftovers(str(out)) == []
 
 
@@ -176,8 +178,12 @@ def test_a_running_local_job_shows_its_ranks_stacks_and_logs(tmp_path: Path, gan
             time.sleep(0.2)
         job = re.search(r"gangrun: run (local-\S+)", run.output()).group(1)  # type: ignore[union-attr]
         assert job in cli("list").stdout
-        status = cli("status", job).stdout
-        assert f"{job}: RUNNING" in status and re.search(r"^ +1  \S+ +\d+  train ", status, re.M), status
+        # The agent publishes its ranks about once a second.
+        deadline = time.monotonic() + 30
+        while not re.search(r"^ +1  \S+ +\d+  train ", status := cli("status", job).stdout, re.M):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert status.startswith(f"{job}: RUNNING"), status
         stacks = cli("stacks", job)
         assert stacks.returncode == 0, stacks.stderr
         assert stacks.stdout.count('"MainThread"') == 2 and "# rank 1 (" in stacks.stdout
@@ -211,7 +217,7 @@ def test_on_two_nodes_every_node_takes_its_stacks_and_prints_the_same_verdict(tm
 def test_a_slow_rank_of_a_program_that_reports_nothing_is_named_from_sampled_stacks(
         tmp_path: Path, gangrun_env: dict[str, str]) -> None:
     result = subprocess.run([str(BIN / "gangrun"), "run", "--nproc-per-node", "2",
-                             str(REPO / "tests" / "scripts" / "slow_rank1.py"), "200"],
+                             str(REPO / "tests" / "scripts" / "slow_rank1.py"), "300"],
                             capture_output=True, text=True, env=gangrun_env, cwd=tmp_path, timeout=180)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("gangrun: straggler (sampled stacks)")]

@@ -153,8 +153,11 @@ def test_a_running_job_shows_its_ranks_and_stacks_and_a_hang_ends_it_with_a_verd
                  "--env", "GANGRUN_TEST_STALL=1:120", *digits(out))
     wait_for_line(cluster, work, job, r"\[rank0\]: step\s+\d+ ")
     # While it runs (training, or rank 1 already stalled): every rank's progress, from both nodes' agents.
-    status = gangrun(cluster, work, "status", job).stdout
-    assert status.startswith("RUNNING") and re.search(r"^ +1  \S+ +\d+  train ", status, re.MULTILINE), status
+    deadline = time.monotonic() + 30
+    while not re.search(r"^ +1  \S+ +\d+  train ", status := gangrun(cluster, work, "status", job).stdout, re.M):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status.startswith("RUNNING"), status
     stacks = gangrun(cluster, work, "stacks", job)
     assert stacks.returncode == 0 and stacks.stdout.count('"MainThread"') == 2, stacks.stdout + stacks.stderr
     followed = gangrun(cluster, work, "logs", "--follow", job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from launcher.agent.guard import AgentSettings, split_agent_args
 from launcher.agent.hang import RankView, culprits, hang_verdict
 from launcher.agent.progress import RankProgress, parse_record, read_rank
-from launcher.agent.requeue import stopped_status
+from launcher.agent.requeue import RequeuePolicy, stopped_status
 from launcher.agent.sampler import MIN_SAMPLES, StackSampler
 from launcher.agent.stacks import Stack, main_thread, parse_threads
 from launcher.agent.watchdog import HangTimeout, Watchdog, allowance
@@ -181,3 +182,14 @@ def test_sampled_stacks_name_the_rank_that_rarely_waits() -> None:
     for _ in range(MIN_SAMPLES):
         even.add({0: stack(0, PY_SPY_WAITING), 1: stack(1, PY_SPY_WAITING)})
     assert even.verdict() is None
+
+
+def test_only_failures_that_are_all_stops_end_the_run_instead_of_restarting() -> None:
+    policy = RequeuePolicy()
+    assert policy.all_stopped([75, 75])
+    # A killed rank, and its peer that torchrun then SIGTERMed and that exited 75: a crash, restart it.
+    assert not policy.all_stopped([-9, 75])
+    assert not policy.all_stopped([-15]) and not policy.all_stopped([])
+    policy.note_notice(int(signal.SIGUSR2), None)
+    # After the notice, a script without a handler dies of it, its peer of the lost peer: requeue both.
+    assert policy.all_stopped([-12, 75]) and policy.all_stopped([-12, 1])

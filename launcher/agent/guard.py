@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from launcher.contract import PROGRESS_DIR_ENV
 from launcher.ranks import STACKS_REQUEST
 
 AUTO = HangTimeout("auto")
+# A program that has not reported within this long of its start is one that reports nothing.
+REPORT_GRACE_S = 5.0
 CHECK_INTERVAL_S = 0.5
 STATUS_INTERVAL_S = 1.0
 # On a stop, a rank that neither reports progress nor saves for this long (or 3 x its p95 step) is stuck.
@@ -79,6 +82,8 @@ class NodeGuard:
         self._exchange: NodeExchange | None = None
         self._attempt = 0
         self.sampler = StackSampler()
+        self._sampler_thread = ThreadPoolExecutor(1, thread_name_prefix="stack-sampler")
+        self._sampling: Future[None] | None = None
         self._next_check = 0.0
         self._next_status = 0.0
         self._node = 0
@@ -106,7 +111,7 @@ class NodeGuard:
         self._node = group.group_rank or 0
         self._records = {rank: read_rank(self.progress_dir, rank) for rank in pids}
         self._publish(now)
-        if not self._watchdog.current(self._records):
+        if not self._watchdog.current(self._records) and now - self._watchdog.started > REPORT_GRACE_S:
             self._sample(pids, now)
         silent = self._watchdog.check(self._records, last_output(outputs), now)
         call = self._exchange.called()
@@ -119,10 +124,14 @@ class NodeGuard:
         return self._call_hang(group, call, pids)
 
     def _sample(self, pids: dict[int, int], now: float) -> None:
-        """A program that reports nothing: its stacks now and then, for the straggler verdict."""
-        if now < self.sampler.next_at or py_spy() is None:
+        """A program that reports nothing: its stacks now and then, for the straggler verdict, taken
+        on a thread of their own so torchrun's monitor loop never waits for py-spy."""
+        if now < self.sampler.next_at or py_spy() is None or (self._sampling and not self._sampling.done()):
             return
         self.sampler.next_at = now + SAMPLE_INTERVAL_S
+        self._sampling = self._sampler_thread.submit(self._take_sample, dict(pids))
+
+    def _take_sample(self, pids: dict[int, int]) -> None:
         self.sampler.add(dump_stacks(pids, self.progress_dir))
         if not self.sampler.told and (line := self.sampler.verdict()) is not None:
             self.sampler.told = True

@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
             print(f"gangrun: exiting {EXIT_HANG} (hang); {guard.hang.line.removeprefix('gangrun: ')}",
                   file=sys.stderr, flush=True)
             return EXIT_HANG
-        codes = [f.exitcode for f in err.failures.values()]
-        if any(policy.died_of_stop(code) for code in codes):
+        if policy.all_stopped([f.exitcode for f in err.failures.values()]):
             print(f"gangrun: workers stopped on a stop signal; exiting {EXIT_REQUEUE} (requeue me)",
                   file=sys.stderr, flush=True)
             return EXIT_REQUEUE

@@ -24,7 +24,7 @@ from types import FrameType
 
 from torch.distributed.elastic.agent.server.api import RunResult
 
-from launcher.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE, NOTICE_SIGNAL, STOP_SIGNALS
+from launcher.contract import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE, NOTICE_SIGNAL
 
 
 class RequeuePolicy:
@@ -46,12 +46,17 @@ class RequeuePolicy:
         print(f"gangrun: agent got {self.notice.name}: workers save at the next step and exit "
               f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
 
-    def died_of_stop(self, code: int | None) -> bool:
-        return code == EXIT_REQUEUE or (self.notice is not None and code is not None
-                                        and -code in [int(s) for s in STOP_SIGNALS])
+    def all_stopped(self, codes: list[int]) -> bool:
+        """Every failure is a stop: all saved (75). After the notice any failure is one: a script without
+        a handler dies of it, its peers of the lost peer, and the allocation is about to end anyway,
+        so the job is requeued rather than restarted in place. Without a notice, one crash among them
+        (a killed rank; torchrun then SIGTERMs its peers, which exit 75) is a crash to restart."""
+        if not codes:
+            return False
+        return self.notice is not None or all(code == EXIT_REQUEUE for code in codes)
 
     def stop_restarting(self, result: RunResult) -> bool:
-        return result.is_failed() and any(self.died_of_stop(f.exitcode) for f in result.failures.values())
+        return result.is_failed() and self.all_stopped([f.exitcode for f in result.failures.values()])
 
     def after_shutdown(self, exit_codes: list[int | None]) -> None:
         self.exit_codes = exit_codes

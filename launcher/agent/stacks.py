@@ -117,16 +117,23 @@ def py_spy() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
-def _py_spy_dump(pid: int) -> str | None:
+def _py_spy_dump(pid: int, tries: int = 1) -> str | None:
     tool = py_spy()
     if tool is None:
         return None
-    try:
-        done = subprocess.run([tool, "dump", "--pid", str(pid)], capture_output=True, text=True,
-                              timeout=PY_SPY_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 and "Thread" in done.stdout else None
+    for attempt in range(tries):
+        # Reading a process just let run again sometimes fails ("Failed to find python version"); once
+        # more, without pausing it, usually works.
+        flags = ["--nonblocking"] if attempt else []
+        try:
+            done = subprocess.run([tool, "dump", *flags, "--pid", str(pid)], capture_output=True, text=True,
+                                  timeout=PY_SPY_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode == 0 and "Thread" in done.stdout:
+            return done.stdout
+        time.sleep(0.1)
+    return None
 
 
 def _faulthandler_dump(pid: int, file: Path) -> str | None:
@@ -155,7 +162,7 @@ def dump_stack(rank: int, pid: int, fallback: Path) -> Stack:
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.05)
     try:
-        text, source = _py_spy_dump(pid), "py-spy"
+        text, source = _py_spy_dump(pid, tries=2 if stopped else 1), "py-spy"
         if text is None:
             text, source = _faulthandler_dump(pid, fallback), "faulthandler"
     finally:
