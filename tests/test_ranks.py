@@ -16,6 +16,7 @@ from launcher.agent.exchange import HangCall, NodeExchange
 from launcher.agent.guard import AgentSettings, NodeGuard, write_json_atomic
 from launcher.agent.hang import RankView
 from launcher.agent.progress import RankProgress
+from launcher.agent.stacks import faulthandler_dump, main_thread, parse_threads
 from launcher.agent.watchdog import HangTimeout, Watchdog
 from launcher.ranks import format_ranks, read_ranks, request_stacks
 
@@ -73,3 +74,20 @@ def test_nodes_share_one_hang_call_and_every_nodes_views(tmp_path: Path) -> None
                                   "all_reduce")])
     assert sorted(v.rank for v in views) == [0, 1] and view in views
     assert NodeExchange(store, 0, 2, attempt=2).called() is None
+
+
+def test_where_py_spy_cannot_attach_the_programs_own_faulthandler_answers(tmp_path: Path) -> None:
+    program = ("import sys, time\nsys.path.insert(0, sys.argv[1])\nfrom train.progress import Progress\n"
+               "progress = Progress({'GANGRUN_PROGRESS_DIR': sys.argv[2], 'RANK': '0'})\n"
+               "def waiting_here():\n    time.sleep(60)\nwaiting_here()\n")
+    rank = subprocess.Popen([sys.executable, "-c", program, str(Path(__file__).parent.parent), str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "rank0").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        text = faulthandler_dump(rank.pid, tmp_path / "rank0.stacks")
+    finally:
+        rank.kill()
+    assert text is not None and 'line 6 in waiting_here' in text
+    assert main_thread(parse_threads(text))[0].function == "waiting_here"

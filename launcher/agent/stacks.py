@@ -136,7 +136,7 @@ def _py_spy_dump(pid: int, tries: int = 1) -> str | None:
     return None
 
 
-def _faulthandler_dump(pid: int, file: Path) -> str | None:
+def faulthandler_dump(pid: int, file: Path) -> str | None:
     """Ask the program for its own dump; the newest one in its stacks file."""
     try:
         before = file.stat().st_size if file.is_file() else 0
@@ -164,7 +164,7 @@ def dump_stack(rank: int, pid: int, fallback: Path) -> Stack:
     try:
         text, source = _py_spy_dump(pid, tries=2 if stopped else 1), "py-spy"
         if text is None:
-            text, source = _faulthandler_dump(pid, fallback), "faulthandler"
+            text, source = faulthandler_dump(pid, fallback), "faulthandler"
     finally:
         if stopped:
             os.kill(pid, signal.SIGSTOP)

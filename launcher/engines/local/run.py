@@ -84,6 +84,7 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
     Returns the exit status of the first agent that failed (its first worker's code), else 0. The
     run has a handle (``local-<run id>``) for `gangrun status|logs|stacks|cancel` while it runs.
     """
+    noted = note_stop_signals()
     check_entrypoint(spec)
     run_id = f"{spec.job_name}-{uuid.uuid4().hex[:8]}"
     handle = new_handle(run_id, spec.job_name, spec.nnodes.max)
@@ -91,7 +92,7 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
           file=sys.stderr, flush=True)
     commands = render_local(spec, free_port(), run_id, stop_grace_s=options.stop_grace_s, folder=handle.folder)
     code = EXIT_OK
-    with (Path(handle.folder) / CONSOLE).open("ab") as log, Forwarder() as forwarder:
+    with (Path(handle.folder) / CONSOLE).open("ab") as log, Forwarder(noted) as forwarder:
         for cmd in commands:
             if forwarder.received:
                 break
@@ -117,12 +118,22 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
     return code
 
 
+def note_stop_signals() -> list[int]:
+    """From here to the exit, a stop signal only lands in the list returned: before the agents start it
+    stops the run (Forwarder), after they ended the run's own exit code stands (never 128 + N)."""
+    noted: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM, NOTICE_SIGNAL):
+        signal.signal(signum, lambda received, _frame: noted.append(received))
+    return noted
+
+
 class Forwarder:
     """The stop signals `gangrun run` passes on to the agents it started, from before the first starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, noted: list[int]) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.received: list[int] = []
+        # A signal noted before the agents start stops the run before it begins.
+        self.received: list[int] = list(noted)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Forwarder:
