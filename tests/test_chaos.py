@@ -9,6 +9,7 @@ reported in one line with the previous checkpoint intact.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.checkpoint_runs import (
+    Run,
     assert_models_equal,
     committed_steps,
     gangrun,
@@ -145,27 +147,60 @@ def signal_every_process(root: int, signum: int) -> None:
             os.kill(pid, signum)
 
 
+def phase_now(run_log: Path) -> str:
+    """The phase rank 0's agent last published for this run (about a second old), or where it stands."""
+    match = re.search(r"folder (\S+)", run_log.read_text()) if run_log.is_file() else None
+    node = Path(match.group(1)) / "status" / "node0.json" if match else None
+    try:
+        ranks = json.loads(node.read_text())["ranks"] if node else []
+    except (OSError, ValueError):
+        ranks = []
+    return str(ranks[0]["phase"]) if ranks else "startup"
+
+
+def stop_at_random(run: Run, rng: random.Random, latest: float) -> str | None:
+    """A stop signal to every process at a random moment before ``latest`` seconds; the phase it hit,
+    or None when the run had ended first."""
+    time.sleep(rng.uniform(0.3, latest))
+    if run.proc.poll() is not None:
+        return None
+    phase = phase_now(run.log)
+    signal_every_process(run.proc.pid, rng.choice([signal.SIGTERM, signal.SIGUSR2]))
+    return phase
+
+
 def test_stop_signals_at_random_moments_exit_75_and_the_rerun_is_bit_identical(
         reference: tuple[Path, float], env: dict[str, str], tmp_path: Path) -> None:
     ref, span = reference
     rng = random.Random(2)
     outcomes: dict[int, int] = {}
-    for trial in range(STOPS):
-        out = tmp_path / f"t{trial}"
+    phases: dict[str, int] = {}
+    delivered = trial = 0
+    while delivered < STOPS:
+        assert trial < 3 * STOPS, f"only {delivered} of {trial} runs were still running at their random moment"
+        out, trial = tmp_path / f"t{trial}", trial + 1
         run = gangrun(2, [*COMMON, f"output_dir={out}"], env, tmp_path)
-        time.sleep(rng.uniform(0.3, span))
-        signum = rng.choice([signal.SIGTERM, signal.SIGUSR2])
-        if run.proc.poll() is None:
-            signal_every_process(run.proc.pid, signum)
+        phase = stop_at_random(run, rng, 0.8 * span)
         code, output = run.finish()
+        if phase is None:
+            assert code == 0, output[-4000:]
+            continue
+        delivered += 1
+        phases[phase] = phases.get(phase, 0) + 1
         assert code in (0, 75), output[-4000:]
         outcomes[code] = outcomes.get(code, 0) + 1
-        if code == 75:
-            code, output = gangrun(2, [*COMMON, f"output_dir={out}"], env, tmp_path).finish()
-            assert code == 0, output[-4000:]
+        while code == 75:
+            # The rerun resumes; half the time it is stopped again early, while it starts or resumes.
+            rerun = gangrun(2, [*COMMON, f"output_dir={out}"], env, tmp_path)
+            if rng.random() < 0.5 and (early := stop_at_random(rerun, rng, 4.0)) is not None:
+                phases[f"{early} (rerun)"] = phases.get(f"{early} (rerun)", 0) + 1
+            code, output = rerun.finish()
+            assert code in (0, 75), output[-4000:]
         assert_same_as(out, ref, tmp_path / "scratch")
+    hit = ", ".join(f"{phase} x {count}" for phase, count in sorted(phases.items()))
     print(f"\nchaos: {STOPS}/{STOPS} stop signals to every process at random moments: exit 75 x "
-          f"{outcomes.get(75, 0)}, exit 0 (already done) x {outcomes.get(0, 0)}; every rerun bit-identical")
+          f"{outcomes.get(75, 0)}, exit 0 (after the final checkpoint) x {outcomes.get(0, 0)}; every run "
+          f"ended bit-identical after its reruns; phases hit: {hit}")
 
 
 def test_hangs_are_caught_with_every_ranks_stack_and_nothing_left(env: dict[str, str], tmp_path: Path) -> None:
