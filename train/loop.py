@@ -85,6 +85,8 @@ def fit(cfg: Config, world: World, on_finish: Callable[[TrainingParts], None] | 
             if stopping:
                 return stop.name
         checkpointer.after_run(run.parts)
+        # Done: the rest (the rank table, the plot, on_finish) is teardown, which a stop waits for.
+        progress.phase("teardown")
         metrics.after_run()
         if cfg.metrics.plot:
             metrics.plot()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -88,6 +89,11 @@ class NodeGuard:
         self._next_status = 0.0
         self._node = 0
         self._records: dict[int, RankProgress | None] = {}
+
+    def close(self) -> None:
+        """The ranks' progress files go with the agent (a hang's evidence was copied to its folder)."""
+        self._sampler_thread.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(self.progress_dir, ignore_errors=True)
 
     def announce(self) -> None:
         print(f"gangrun: {self.settings.hang_timeout.describe()}; stop grace {self.settings.stop_grace_s} s",

@@ -126,4 +126,6 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
         status, why = stopped_status(policy.exit_codes)
         print(f"gangrun: agent stopped by {err.sigval.name}; {why}, exiting {status}", file=sys.stderr, flush=True)
         return status
+    finally:
+        guard.close()
     return EXIT_OK
