@@ -55,3 +55,14 @@ def rank_of(line: str) -> int | None:
 def exit_status(code: int) -> int:
     """A process's return code as an exit status: -N (killed by signal N) becomes 128 + N."""
     return SIGNAL_EXIT_BASE - code if code < 0 else code
+
+
+def ignore_stop_signals() -> None:
+    """The exit code is decided: a stop signal from here to the process's end is ignored.
+
+    CPython resets every Python signal handler to SIG_DFL while the interpreter finalizes, so a stop
+    signal during those last milliseconds (Slurm and Kubernetes signal every process of a job) killed
+    a finished process with 128 + N; an ignored signal stays ignored through finalization.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

@@ -76,3 +76,27 @@ def test_plain_torchrun_is_killed_by_the_notice(tmp_path: Path, gangrun_env: dic
     assert alive, log.read_text()
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
+
+
+# A process that imports torch, as the agent and the ranks do, spends long enough in finalization for
+# a stop signal to land there; each line stands for one side's way of deciding its exit code.
+SETTLED_EXITS = {
+    "unsettled": "import signal; signal.signal(signal.SIGTERM, lambda *_: None)",
+    "launcher": "from launcher.contract import ignore_stop_signals; ignore_stop_signals()",
+    "train": "from train.notice import NOTICE; NOTICE.install(); NOTICE.settle()",
+}
+
+
+@pytest.mark.parametrize("side", sorted(SETTLED_EXITS))
+def test_a_stop_signal_while_the_interpreter_exits_never_turns_0_into_143(side: str,
+                                                                          gangrun_env: dict[str, str]) -> None:
+    code = f"import torch, sys; {SETTLED_EXITS[side]}; print('ready', flush=True); sys.exit(0)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=gangrun_env, cwd=REPO, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    while proc.poll() is None:
+        # As a cluster does when the job ends: the stop to every process, at any moment.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.0005)
+    # Without a decision CPython's finalization restores SIG_DFL and the signal kills the process.
+    assert proc.returncode == (-signal.SIGTERM if side == "unsettled" else 0)

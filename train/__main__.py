@@ -30,4 +30,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # First, before torch is imported (seconds): from here on a stop signal is noted, never fatal.
     NOTICE.install()
-    sys.exit(main())
+    code = main()
+    NOTICE.settle()
+    sys.exit(code)

@@ -33,6 +33,16 @@ class StopNotice:
             signal.signal(signum, handler)
         self.installed = False
 
+    def settle(self) -> None:
+        """The exit code is decided: ignore stop signals until the process ends.
+
+        CPython resets Python signal handlers to SIG_DFL while the interpreter finalizes; a stop signal
+        in those milliseconds killed a rank that had finished (128 + N). Ignored stays ignored.
+        """
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        self.installed = False
+
     def _note(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt

@@ -3,7 +3,7 @@
 import signal
 import sys
 
-from launcher.contract import STOP_SIGNALS
+from launcher.contract import STOP_SIGNALS, ignore_stop_signals
 
 noted: list[int] = []
 # Importing torch takes seconds; a stop signal or the notice meanwhile must not kill the agent
@@ -13,4 +13,6 @@ for _signum in STOP_SIGNALS:
 
 from launcher.agent.main import main  # noqa: E402
 
-sys.exit(main(noted=noted))
+code = main(noted=noted)
+ignore_stop_signals()
+sys.exit(code)

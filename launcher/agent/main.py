@@ -21,7 +21,7 @@ from launcher.agent.guard import AFTER_FAILURE_GRACE_S, NodeGuard, split_agent_a
 from launcher.agent.requeue import RequeuePolicy, stopped_status
 from launcher.agent.verdict import failure_summary
 from launcher.compat import agent_class, hooked_agent_class, parse_torchrun_args
-from launcher.contract import EXIT_HANG, EXIT_OK, EXIT_REQUEUE, SHIPPED_PROGRAM
+from launcher.contract import EXIT_HANG, EXIT_OK, EXIT_REQUEUE, SHIPPED_PROGRAM, ignore_stop_signals
 
 
 def protect_shipped_program(args: argparse.Namespace, environ: MutableMapping[str, str] = os.environ) -> None:
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     try:
         with agent_class(hooked_agent_class(Hooks(policy, guard))):
             torchrun_run(args)
+        # Every worker finished: 0 is decided, whatever stop arrives from here to the exit.
+        ignore_stop_signals()
         guard.summary()
     except ChildFailedError as err:
         if guard.hang is not None:

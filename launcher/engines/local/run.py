@@ -14,7 +14,15 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from launcher.contract import EXIT_OK, EXIT_REQUEUE, NOTICE_SIGNAL, SAFE_PATH_FLAG, SHIPPED_PROGRAM, exit_status
+from launcher.contract import (
+    EXIT_OK,
+    EXIT_REQUEUE,
+    NOTICE_SIGNAL,
+    SAFE_PATH_FLAG,
+    SHIPPED_PROGRAM,
+    exit_status,
+    ignore_stop_signals,
+)
 from launcher.engines.local.jobs import CONSOLE, new_handle, record_exit
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import LOOPBACK, render_local
@@ -115,6 +123,7 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
             for thread in copies:
                 thread.join(timeout=5)
             record_exit(handle, code)
+    ignore_stop_signals()
     return code
 
 
