@@ -19,6 +19,7 @@ from launcher.engines.local import ENGINE as LOCAL
 from launcher.errors import SpecError
 from launcher.jobs import list_handles, load_handle
 from launcher.options import Option, options_of
+from launcher.preflight import preflight
 from launcher.profiles import all_options, resolve
 from launcher.spec import Entrypoint, JobSpec, parse_env_pairs
 
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     logs.add_argument("--rank", type=int, help="only this global rank's lines (default: every line)")
     sub.add_parser("list", help="jobs run or submitted from this machine")
+    # Imported here, not at the top: launcher.doctor.command builds its spec with this module's helpers.
+    from launcher.doctor.command import DESCRIPTION, add_doctor_arguments
+
+    add_doctor_arguments(sub.add_parser("doctor", help=DESCRIPTION, add_help=False, allow_abbrev=False))
     build.add_arguments(sub.add_parser("build", help="build the training image from docker/Dockerfile"))
     return parser
 
@@ -177,6 +182,7 @@ def job_from_args(args: argparse.Namespace) -> tuple[str, JobSpec, Any]:
 def _spec_command(args: argparse.Namespace) -> int:
     target, spec, options = job_from_args(args)
     engine = ENGINES[target]
+    preflight(spec, engine.program_is_here)
     if args.command == "render" or args.dry_run:
         print(engine.render(spec, options))
         return EXIT_OK
@@ -195,6 +201,10 @@ def _run_command(args: argparse.Namespace) -> int:
         return _spec_command(args)
     if args.command == "build":
         return build.run_build(args)
+    if args.command == "doctor":
+        from launcher.doctor.command import run_doctor
+
+        return run_doctor(args)
     if args.command == "list":
         for handle in list_handles():
             print(f"{handle.id}\t{handle.name}\t{handle.folder}")

@@ -46,6 +46,17 @@ AGENT_MODULE = "launcher.agent"
 SAFE_PATH_FLAG = "-P"
 
 
+# Check mode (the README's "check-mode contract"): before a run starts or a job is submitted, a program
+# that opts in is run once with GANGRUN_CHECK=1 and the world sizes the job may run at in
+# GANGRUN_CHECK_WORLD_SIZES (comma-separated). It validates its input and starts nothing: exit 0 with
+# one JSON line ``{"gangrun_check": 1, "writes": {KEY: FOLDER_OR_URL}, "dataloader_workers": N}`` on
+# stdout (what it will write, so the launcher and `gangrun doctor` can look there), or EXIT_BAD_INPUT
+# with its one-line error on stderr.
+CHECK_ENV = "GANGRUN_CHECK"
+CHECK_WORLD_SIZES_ENV = "GANGRUN_CHECK_WORLD_SIZES"
+CHECK_REPORT_KEY = "gangrun_check"
+
+
 def rank_of(line: str) -> int | None:
     """The global rank a worker line was printed by, or None for the agent's and engines' own lines."""
     match = _RANK_PREFIX.match(line)

@@ -130,6 +130,10 @@ class JobSpec:
                                help="seconds a rank may make no progress before the job is called hung, its "
                                     "stacks taken and it is stopped (exit 124) or restarted; auto derives it from "
                                     "observed step times, off never calls a hang")
+    program_check: bool | None = option(
+        None, help="run the program once in its check mode (GANGRUN_CHECK=1, the README's check-mode contract) "
+                   "before anything starts or is submitted; its refusal stops here with exit 2",
+        default_text="on for -m train, off for other programs")
 
     @property
     def job_name(self) -> str:

@@ -79,7 +79,8 @@ current-context: x
 """)
     env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig),
            "GANGRUN_HOME": str(tmp_path / "gangrun")}
-    proc = subprocess.run([sys.executable, "-m", "launcher", "submit", "--target", "k8s", "-m", "train"],
+    proc = subprocess.run([sys.executable, "-m", "launcher", "submit", "--target", "k8s", "--image",
+                           "registry.example/gangrun:1.0", "-m", "train"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("gangrun: error: kubectl:") and proc.stderr.count("\n") == 1

@@ -160,7 +160,7 @@ def test_slurm_options_come_from_a_profile(tmp_path: Path, capsys: pytest.Captur
                        '[profile.big.slurm]\npartition = "gpu"\nsignal_grace_s = 300\nmax_requeues = 5\n')
     monkeypatch.setenv("GANGRUN_HOME", str(tmp_path))
     assert main(["render", "--target", "slurm", "--profile-file", str(profile), "--profile", "big",
-                 "--account", "ml", "-m", "train"]) == 0
+                 "--account", "ml", "-m", "train", "--config", "gpt-tiny", "train.global_batch_size=512"]) == 0
     text = capsys.readouterr().out
     for line in ("#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu", "#SBATCH --account=ml",
                  "#SBATCH --time=12:00:00", "#SBATCH --signal=USR2@300", '  if [ "$restarts" -lt 5 ]; then'):

@@ -1,9 +1,11 @@
-"""`python -m train --config NAME|PATH [section.key=value ...]`: the program every rank runs."""
+"""`python -m train --config NAME|PATH [section.key=value ...]`: the program every rank runs, or its check mode."""
 
 from __future__ import annotations
 
+import os
 import sys
 
+from train.contract import CHECK_ENV
 from train.notice import NOTICE
 
 
@@ -28,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get(CHECK_ENV) == "1":
+        from train.check import main as check
+
+        sys.exit(check())
     # First, before torch is imported (seconds): from here on a stop signal is noted, never fatal.
     NOTICE.install()
     code = main()

@@ -28,3 +28,10 @@ PROGRESS_DIR_ENV = "GANGRUN_PROGRESS_DIR"
 # The agent's fallback to py-spy for a stack of every thread: faulthandler, registered on this signal.
 # SIGURG is ignored by default, so sending it to a program that registered nothing does no harm.
 STACK_SIGNAL = signal.SIGURG
+# Check mode (the README's "check-mode contract"): with GANGRUN_CHECK=1 the program validates its input
+# for each world size listed in GANGRUN_CHECK_WORLD_SIZES and starts nothing: exit 0 with one JSON
+# line ``{"gangrun_check": 1, "writes": {KEY: FOLDER_OR_URL}, "dataloader_workers": N}`` on stdout, or
+# EXIT_BAD_INPUT with one line on stderr.
+CHECK_ENV = "GANGRUN_CHECK"
+CHECK_WORLD_SIZES_ENV = "GANGRUN_CHECK_WORLD_SIZES"
+CHECK_REPORT_KEY = "gangrun_check"

@@ -11,6 +11,7 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from train import testhooks
+from train.arguments import parse_args
 from train.checkpoint import CheckpointSpaceError
 from train.config import ConfigError, accumulation_steps, load_config
 from train.contract import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
@@ -19,14 +20,6 @@ from train.loop import fit
 from train.metrics import log, setup_logging
 from train.notice import NOTICE
 from train.progress import Progress
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    parser.add_argument("--config", help="preset name in train/configs (digits, resnet-fake, gpt-tiny) or a TOML file")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="e.g. train.max_steps=50 optim.lr=3e-4 output_dir=runs/x")
-    return parser.parse_args(argv)
 
 
 @record

@@ -14,7 +14,8 @@ from launcher.jobs import JobHandle
 from launcher.spec import JobSpec
 
 # JobSpec fields every engine honours; each engine adds the ones it reads beyond them.
-CORE_FIELDS = frozenset({"name", "nnodes", "nproc_per_node", "max_restarts", "env", "hang_timeout"})
+CORE_FIELDS = frozenset({"name", "nnodes", "nproc_per_node", "max_restarts", "env", "hang_timeout",
+                         "program_check"})
 
 
 class Engine(Protocol):
@@ -33,6 +34,11 @@ class Engine(Protocol):
     @property
     def reads(self) -> frozenset[str]:
         """The JobSpec fields this engine honours; a flag for any other is refused, never ignored."""
+
+    @property
+    def program_is_here(self) -> bool:
+        """Whether the program runs from this machine's files (the same paths on every node), so it is
+        looked for and checked here; False where it lives in an image."""
 
     def validate(self, spec: JobSpec, options: Any) -> None:
         """Raise SpecError (one line: field, problem, fix) for anything this engine cannot run."""

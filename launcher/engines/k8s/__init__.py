@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from launcher.build import DEFAULT_IMAGE
 from launcher.engines.base import CORE_FIELDS
 from launcher.engines.k8s import kubectl
 from launcher.engines.k8s.checks import check_spec
 from launcher.engines.k8s.options import K8sOptions
 from launcher.engines.k8s.render import dump_yaml, render_objects
+from launcher.errors import SpecError
 from launcher.jobs import JobHandle
 from launcher.spec import JobSpec
 
@@ -19,6 +21,8 @@ class KubernetesEngine:
     options = K8sOptions
     # No rdzv_endpoint: every pod meets rank 0's pod by its DNS name (the PET_* contract).
     reads = CORE_FIELDS | {"image", "gpus_per_node", "time"}
+    # The program is the image's: only the shipped one, the same here, is checked before a submission.
+    program_is_here = False
 
     def validate(self, spec: JobSpec, options: K8sOptions) -> None:
         check_spec(spec, options)
@@ -28,6 +32,9 @@ class KubernetesEngine:
         return dump_yaml(render_objects(spec, options)).rstrip("\n")
 
     def submit(self, spec: JobSpec, options: K8sOptions) -> JobHandle:
+        if spec.image is None:
+            raise SpecError("image", "is not set, and a cluster's nodes cannot pull the local default "
+                            f"{DEFAULT_IMAGE}", "push an image and pass --image REGISTRY/NAME:TAG")
         namespace = kubectl.apply(self.render(spec, options), options.namespace)
         handle = JobHandle(target=self.name, native_id=f"{namespace}.{spec.job_name}", name=spec.job_name,
                            extra={"kind": options.kind, "namespace": namespace})

@@ -18,6 +18,7 @@ class LocalEngine:
     title = "local"
     options = LocalOptions
     reads = CORE_FIELDS | {"rdzv_endpoint"}
+    program_is_here = True
 
     def validate(self, spec: JobSpec, options: LocalOptions) -> None:
         options.validate(spec)

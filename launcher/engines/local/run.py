@@ -18,45 +18,13 @@ from launcher.contract import (
     EXIT_OK,
     EXIT_REQUEUE,
     NOTICE_SIGNAL,
-    SAFE_PATH_FLAG,
-    SHIPPED_PROGRAM,
     exit_status,
     ignore_stop_signals,
 )
-from launcher.engines.local.jobs import CONSOLE, new_handle, record_exit
+from launcher.engines.local.jobs import CONSOLE, new_handle, print_verdict, record_exit
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import LOOPBACK, render_local
-from launcher.errors import SpecError
 from launcher.spec import JobSpec
-
-# Run by the interpreter the workers use, on the sys.path they get: exit 0 when the module is found.
-_FIND_MODULE = """\
-import importlib.util, sys
-try:
-    found = importlib.util.find_spec(sys.argv[1]) is not None
-except (ImportError, ValueError):
-    found = False
-sys.exit(0 if found else 1)
-"""
-
-
-def check_entrypoint(spec: JobSpec, python: str = sys.executable) -> None:
-    """Fail before starting anything when the script or module cannot be found here.
-
-    A module is looked for as the workers will look: from the working directory for a user's own,
-    with the safe path for the shipped program (launcher.agent.main.protect_shipped_program).
-    """
-    entry = spec.entrypoint
-    if not entry.is_module:
-        if not Path(entry.target).is_file():
-            raise SpecError("entrypoint", f"script '{entry.target}' does not exist", "check the path")
-        return
-    flags = [SAFE_PATH_FLAG] if entry.target == SHIPPED_PROGRAM else []
-    found = subprocess.run([python, *flags, "-c", _FIND_MODULE, entry.target], env={**os.environ, **spec.env},
-                           capture_output=True).returncode == 0
-    if not found:
-        raise SpecError("entrypoint", f"module '{entry.target}' is not importable",
-                        "install it or check the name after -m")
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -93,7 +61,6 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
     run has a handle (``local-<run id>``) for `gangrun status|logs|stacks|cancel` while it runs.
     """
     noted = note_stop_signals()
-    check_entrypoint(spec)
     run_id = f"{spec.job_name}-{uuid.uuid4().hex[:8]}"
     handle = new_handle(run_id, spec.job_name, spec.nnodes.max)
     print(f"gangrun: run {handle.id} (gangrun status|logs|stacks {handle.id}); folder {handle.folder}",
@@ -123,6 +90,7 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
             for thread in copies:
                 thread.join(timeout=5)
             record_exit(handle, code)
+    print_verdict(handle, code)
     ignore_stop_signals()
     return code
 

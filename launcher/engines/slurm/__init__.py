@@ -27,6 +27,8 @@ class SlurmEngine:
     title = "Slurm"
     options = SlurmOptions
     reads = CORE_FIELDS | {"rdzv_endpoint", "gpus_per_node", "time"}
+    # sbatch runs the job in the folder it was called from, which the compute nodes see too.
+    program_is_here = True
 
     def validate(self, spec: JobSpec, options: SlurmOptions) -> None:
         options.validate(spec)
