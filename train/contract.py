@@ -35,3 +35,6 @@ STACK_SIGNAL = signal.SIGURG
 CHECK_ENV = "GANGRUN_CHECK"
 CHECK_WORLD_SIZES_ENV = "GANGRUN_CHECK_WORLD_SIZES"
 CHECK_REPORT_KEY = "gangrun_check"
+# The agent tells its workers the world the job asked for, ``NODES_MIN:NODES_MAX/NPROC`` (NPROC may be
+# auto); after the rendezvous the program checks the world it joined against it (train/world.py).
+EXPECTED_WORLD_ENV = "GANGRUN_EXPECTED_WORLD"

@@ -15,11 +15,12 @@ from train.arguments import parse_args
 from train.checkpoint import CheckpointSpaceError
 from train.config import ConfigError, accumulation_steps, load_config
 from train.contract import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
-from train.distributed import close_world, init_world
+from train.distributed import all_gather_objects, close_world, init_world
 from train.loop import fit
 from train.metrics import log, setup_logging
 from train.notice import NOTICE
 from train.progress import Progress
+from train.world import describe, expected, lone_copy_problem, me, world_problem
 
 
 @record
@@ -46,13 +47,26 @@ def run(args: argparse.Namespace, rank: int, progress: Progress) -> int:
         if rank == 0:
             print(f"train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    lone = lone_copy_problem()
+    if lone is not None:
+        print(f"train: error: world: {lone}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if NOTICE.received:
         # Stopped before joining the world: nothing was trained since the newest commit.
         log.info(f"exiting {EXIT_REQUEUE} (requeue me): stopped by {NOTICE.name} while starting")
         return EXIT_REQUEUE
     world = init_world(cfg.train.device)
     try:
+        # Every rank says where it is, once: a world other than the one asked for stops here, on every rank.
+        members = all_gather_objects(me(), world)
+        problem = world_problem(members, expected())
+        if problem is not None:
+            if world.is_main:
+                print(f"train: error: world: {problem} ({describe(members)}); check the allocation and "
+                      "--nnodes/--nproc-per-node", file=sys.stderr)
+            return EXIT_BAD_INPUT
         if world.is_main:
+            log.info(f"world: {describe(members)}")
             output = Path(cfg.output_dir)
             output.mkdir(parents=True, exist_ok=True)
             (output / "config.toml").write_text(cfg.to_toml())

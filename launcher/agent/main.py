@@ -21,7 +21,14 @@ from launcher.agent.guard import AFTER_FAILURE_GRACE_S, NodeGuard, split_agent_a
 from launcher.agent.requeue import RequeuePolicy, stopped_status
 from launcher.agent.verdict import failure_summary
 from launcher.compat import agent_class, hooked_agent_class, parse_torchrun_args
-from launcher.contract import EXIT_HANG, EXIT_OK, EXIT_REQUEUE, SHIPPED_PROGRAM, ignore_stop_signals
+from launcher.contract import (
+    EXIT_HANG,
+    EXIT_OK,
+    EXIT_REQUEUE,
+    EXPECTED_WORLD_ENV,
+    SHIPPED_PROGRAM,
+    ignore_stop_signals,
+)
 
 
 def protect_shipped_program(args: argparse.Namespace, environ: MutableMapping[str, str] = os.environ) -> None:
@@ -103,6 +110,8 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     settings, torchrun_argv = split_agent_args(sys.argv[1:] if argv is None else argv)
     args = parse_torchrun_args(torchrun_argv)
     protect_shipped_program(args)
+    # The world the job asked for, which every rank checks against the one it joined (train/world.py).
+    os.environ[EXPECTED_WORLD_ENV] = f"{args.nnodes}/{args.nproc_per_node}"
     guard = NodeGuard(settings)
     guard.announce()
     try:
