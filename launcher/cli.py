@@ -20,8 +20,9 @@ from launcher.errors import SpecError
 from launcher.jobs import list_handles, load_handle
 from launcher.options import Option, options_of
 from launcher.preflight import preflight
-from launcher.profiles import all_options, resolve
+from launcher.profiles import all_options, resolve, setting_sources
 from launcher.spec import Entrypoint, JobSpec, parse_env_pairs
+from launcher.timeouts import timeouts_line
 
 _DEST = "opt:"
 SPEC_COMMANDS = {
@@ -186,6 +187,8 @@ def _spec_command(args: argparse.Namespace) -> int:
     if args.command == "render" or args.dry_run:
         print(engine.render(spec, options))
         return EXIT_OK
+    sources = setting_sources(given_flags(args), profile=args.profile, profile_file=args.profile_file)
+    print(timeouts_line(spec, target, options, sources), file=sys.stderr, flush=True)
     if args.command == "run":
         return LOCAL.run(spec, options)
     handle = cluster_engine(target).submit(spec, options)

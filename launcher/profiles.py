@@ -79,6 +79,26 @@ def environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
             for path, opt in all_options().items() if opt.env_var in environ and not opt.is_mapping}
 
 
+def _profile_path(profile: str | None, profile_file: Path | None,
+                  environ: Mapping[str, str]) -> tuple[str | None, Path]:
+    return profile or environ.get("GANGRUN_PROFILE") or None, profile_file or Path(
+        environ.get("GANGRUN_CONFIG", PROFILE_FILE))
+
+
+def setting_sources(flags: Mapping[str, Any], profile: str | None = None, profile_file: Path | None = None,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Which layer set each option path (``flag``, ``$GANGRUN_X``, ``gangrun.toml [profile.p]``); unset: absent."""
+    environ = os.environ if environ is None else environ
+    profile, path = _profile_path(profile, profile_file, environ)
+    sources: dict[str, str] = {}
+    if path.is_file():
+        where = f"{path}" + (f" [profile.{profile}]" if profile else "")
+        sources.update((key, where) for key in load_profile(path, profile))
+    sources.update((key, f"${all_options()[key].env_var}") for key in environment_layer(environ))
+    sources.update((key, "flag") for key, value in flags.items() if value is not None)
+    return sources
+
+
 def resolve(
     entrypoint: Entrypoint,
     engine: str,
@@ -89,8 +109,7 @@ def resolve(
 ) -> tuple[JobSpec, Any]:
     """The validated JobSpec and ``engine``'s validated options, from every layer."""
     environ = os.environ if environ is None else environ
-    profile = profile or environ.get("GANGRUN_PROFILE") or None
-    path = profile_file or Path(environ.get("GANGRUN_CONFIG", PROFILE_FILE))
+    profile, path = _profile_path(profile, profile_file, environ)
     settings: dict[str, Any] = {}
     if path.is_file():
         settings = load_profile(path, profile)

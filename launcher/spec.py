@@ -130,6 +130,15 @@ class JobSpec:
                                help="seconds a rank may make no progress before the job is called hung, its "
                                     "stacks taken and it is stopped (exit 124) or restarted; auto derives it from "
                                     "observed step times, off never calls a hang")
+    rdzv_join_timeout: int | None = option(None, metavar="S", default_text="600, torchrun's",
+                                           help="seconds a node's agent waits for the others to join the rendezvous")
+    rdzv_last_call_timeout: int | None = option(
+        None, metavar="S", default_text="30, torchrun's; 1 for a local elastic run",
+        help="seconds an elastic rendezvous waits for more nodes once its minimum joined")
+    store_timeout: int | None = option(None, metavar="S", default_text="60, torchrun's",
+                                       help="seconds one read from the rendezvous store may take")
+    pg_timeout: int | None = option(None, metavar="S", default_text="1800, torch's",
+                                    help="seconds a collective waits for a rank before the process group fails")
     program_check: bool | None = option(
         None, help="run the program once in its check mode (GANGRUN_CHECK=1, the README's check-mode contract) "
                    "before anything starts or is submitted; its refusal stops here with exit 2",
@@ -163,6 +172,10 @@ class JobSpec:
                 raise SpecError("rdzv_endpoint", f"port in '{self.rdzv_endpoint}' is out of range", "use 1-65535")
         if self.time is not None:
             time_limit_seconds(self.time)
+        for key in ("rdzv_join_timeout", "rdzv_last_call_timeout", "store_timeout", "pg_timeout"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise SpecError(key, f"{value} seconds", "use 1 or more, or leave it unset for the default")
         try:
             HangTimeout.parse(self.hang_timeout)
         except ValueError as err:

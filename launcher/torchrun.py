@@ -7,6 +7,7 @@ from typing import Literal
 
 from launcher.contract import AGENT_MODULE, LOG_PREFIX_TEMPLATE, SAFE_PATH_FLAG
 from launcher.spec import JobSpec
+from launcher.timeouts import rdzv_conf
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def torchrun_args(spec: JobSpec, rdzv: Rendezvous, log_dir: str | None = None) -
         f"--nproc-per-node={spec.nproc_per_node}",
         f"--max-restarts={spec.max_restarts}",
     ]
+    # The spec's own timeouts (launcher.timeouts) over the engine's choices.
+    conf = {**rdzv.conf, **rdzv_conf(spec, rdzv.backend)}
     if rdzv.backend == "static":
         if spec.nnodes.elastic:
             raise ValueError("static rendezvous cannot serve an elastic node range")
@@ -49,8 +52,8 @@ def torchrun_args(spec: JobSpec, rdzv: Rendezvous, log_dir: str | None = None) -
         ]
     else:
         args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv.endpoint}", f"--rdzv-id={rdzv.run_id}"]
-        if rdzv.conf:
-            args.append("--rdzv-conf=" + ",".join(f"{k}={v}" for k, v in sorted(rdzv.conf.items())))
+    if conf:
+        args.append("--rdzv-conf=" + ",".join(f"{k}={v}" for k, v in sorted(conf.items())))
     if log_dir is not None:
         args.append(f"--log-dir={log_dir}")
     args += ["--tee=3", f"--log-line-prefix-template={LOG_PREFIX_TEMPLATE}"]
@@ -65,6 +68,8 @@ def agent_flags(spec: JobSpec, stop_grace_s: int, status_dir: str | None = None)
     ``status_dir`` is where the agent publishes its ranks for ``gangrun status`` and ``stacks``.
     """
     flags = [f"--hang-timeout={spec.hang_timeout}", f"--stop-grace={stop_grace_s}"]
+    if spec.pg_timeout is not None:
+        flags.append(f"--pg-timeout={spec.pg_timeout}")
     if status_dir is not None:
         flags.append(f"--status-dir={status_dir}")
     return flags

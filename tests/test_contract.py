@@ -28,8 +28,9 @@ def test_both_sides_agree() -> None:
     assert (lc.PROGRESS_DIR_ENV, lc.STACK_SIGNAL, lc.STOP_SIGNALS) == (tc.PROGRESS_DIR_ENV, tc.STACK_SIGNAL,
                                                                        tc.STOP_SIGNALS)
     assert lc.NOTICE_SIGNAL in tc.STOP_SIGNALS
-    assert (lc.CHECK_ENV, lc.CHECK_WORLD_SIZES_ENV, lc.CHECK_REPORT_KEY, lc.EXPECTED_WORLD_ENV) == (
-        tc.CHECK_ENV, tc.CHECK_WORLD_SIZES_ENV, tc.CHECK_REPORT_KEY, tc.EXPECTED_WORLD_ENV)
+    assert (lc.CHECK_ENV, lc.CHECK_WORLD_SIZES_ENV, lc.CHECK_REPORT_KEY, lc.EXPECTED_WORLD_ENV,
+            lc.PG_TIMEOUT_ENV) == (tc.CHECK_ENV, tc.CHECK_WORLD_SIZES_ENV, tc.CHECK_REPORT_KEY,
+                                   tc.EXPECTED_WORLD_ENV, tc.PG_TIMEOUT_ENV)
     assert lc.SHIPPED_PROGRAM == "train" and (REPO / lc.SHIPPED_PROGRAM / "__main__.py").is_file()
     assert lc.rank_of(lc.LOG_PREFIX_TEMPLATE.replace("${rank}", "12") + "hello") == 12
     assert lc.rank_of("gangrun: agent line") is None

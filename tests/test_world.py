@@ -23,7 +23,8 @@ def world(*hosts_by_node: tuple[str, ...]) -> list[Member]:
 
 def test_a_world_is_described_node_by_node() -> None:
     assert spans([5, 0, 1, 2, 7]) == "0-2,5,7"
-    assert describe(world(("a", "a"), ("b", "b"))) == "4 ranks on 2 nodes: node 0 on a (ranks 0-1), node 1 on b (ranks 2-3)"
+    assert describe(world(("a", "a"), ("b", "b"))) == ("4 ranks on 2 nodes: node 0 on a (ranks 0-1), "
+                                                       "node 1 on b (ranks 2-3)")
 
 
 @pytest.mark.parametrize("members, want, problem", [

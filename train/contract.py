@@ -38,3 +38,5 @@ CHECK_REPORT_KEY = "gangrun_check"
 # The agent tells its workers the world the job asked for, ``NODES_MIN:NODES_MAX/NPROC`` (NPROC may be
 # auto); after the rendezvous the program checks the world it joined against it (train/world.py).
 EXPECTED_WORLD_ENV = "GANGRUN_EXPECTED_WORLD"
+# Seconds a collective waits before the process group fails (`--pg-timeout`); unset: torch's default.
+PG_TIMEOUT_ENV = "GANGRUN_PG_TIMEOUT_S"

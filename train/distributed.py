@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
+from train.contract import PG_TIMEOUT_ENV
+
 T = TypeVar("T")
 
 
@@ -62,6 +64,12 @@ def restart_isolated_store(world_size: int, timeout: timedelta) -> dist.Store | 
     return dist.PrefixStore(f"gangrun/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store)
 
 
+def pg_timeout() -> timedelta:
+    """The launcher's process-group timeout (``--pg-timeout``), else torch's default."""
+    seconds = os.environ.get(PG_TIMEOUT_ENV)
+    return timedelta(seconds=int(seconds)) if seconds else default_pg_timeout
+
+
 def init_world(device_choice: str) -> World:
     """Join the process group torchrun describes; with no torchrun variables, a world of one."""
     rank = int(os.environ.get("RANK", "0"))
@@ -72,12 +80,13 @@ def init_world(device_choice: str) -> World:
         torch.cuda.set_device(device)
     if "RANK" in os.environ and not dist.is_initialized():
         device_id = device if device.type == "cuda" else None
-        store = restart_isolated_store(world_size, default_pg_timeout)
+        timeout = pg_timeout()
+        store = restart_isolated_store(world_size, timeout)
         if store is None:
-            dist.init_process_group(backend_for(device), device_id=device_id)
+            dist.init_process_group(backend_for(device), device_id=device_id, timeout=timeout)
         else:
             dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size,
-                                    device_id=device_id)
+                                    device_id=device_id, timeout=timeout)
     return World(rank, local_rank, world_size, device)
 
 

@@ -53,17 +53,22 @@ class AgentSettings:
     hang_timeout: HangTimeout = AUTO
     stop_grace_s: int = 30
     status_dir: str | None = None
+    # The workers' process-group timeout (launcher.timeouts); None keeps torch's default.
+    pg_timeout_s: int | None = None
 
 
 def split_agent_args(argv: list[str]) -> tuple[AgentSettings, list[str]]:
-    """The leading ``--hang-timeout=``, ``--stop-grace=``, ``--status-dir=`` flags, and torchrun's argv."""
+    """The leading ``--hang-timeout=``, ``--stop-grace=``, ``--status-dir=``, ``--pg-timeout=`` flags, and
+    torchrun's argv."""
     values: dict[str, str] = {}
     rest = list(argv)
-    while rest and rest[0].split("=", 1)[0] in ("--hang-timeout", "--stop-grace", "--status-dir"):
+    while rest and rest[0].split("=", 1)[0] in ("--hang-timeout", "--stop-grace", "--status-dir", "--pg-timeout"):
         key, _, value = rest.pop(0).partition("=")
         values[key] = value
+    pg_timeout = values.get("--pg-timeout")
     return AgentSettings(HangTimeout.parse(values.get("--hang-timeout", str(AUTO))),
-                         int(values.get("--stop-grace", "30")), values.get("--status-dir") or None), rest
+                         int(values.get("--stop-grace", "30")), values.get("--status-dir") or None,
+                         int(pg_timeout) if pg_timeout else None), rest
 
 
 def _exited(pid: int) -> bool:

@@ -26,6 +26,7 @@ from launcher.contract import (
     EXIT_OK,
     EXIT_REQUEUE,
     EXPECTED_WORLD_ENV,
+    PG_TIMEOUT_ENV,
     SHIPPED_PROGRAM,
     ignore_stop_signals,
 )
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     protect_shipped_program(args)
     # The world the job asked for, which every rank checks against the one it joined (train/world.py).
     os.environ[EXPECTED_WORLD_ENV] = f"{args.nnodes}/{args.nproc_per_node}"
+    if settings.pg_timeout_s is not None:
+        os.environ[PG_TIMEOUT_ENV] = str(settings.pg_timeout_s)
     guard = NodeGuard(settings)
     guard.announce()
     try:

@@ -15,7 +15,8 @@ from launcher.spec import JobSpec
 
 # JobSpec fields every engine honours; each engine adds the ones it reads beyond them.
 CORE_FIELDS = frozenset({"name", "nnodes", "nproc_per_node", "max_restarts", "env", "hang_timeout",
-                         "program_check"})
+                         "program_check", "rdzv_join_timeout", "rdzv_last_call_timeout", "store_timeout",
+                         "pg_timeout"})
 
 
 class Engine(Protocol):
