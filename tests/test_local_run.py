@@ -57,7 +57,11 @@ def test_two_local_nodes_train_as_world_of_two(gangrun_env, tmp_path):
                      "train.max_steps=10", "train.log_every=5", f"output_dir={out}", env=gangrun_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "training: world 2" in result.stdout
+    assert "world: 2 ranks on 2 nodes: node 0 on" in result.stdout
     assert (out / "config.toml").is_file() and (out / "curves.png").is_file()
+    # The console names the file and shows only what differs from the preset, one key per line.
+    assert f"config: {out / 'config.toml'}; preset digits, with 3 changes:" in result.stdout
+    assert "[rank0]:   train.max_steps = 10" in result.stdout and "[model]" not in result.stdout
     assert "eval_accuracy" in metrics(out)[-1]
 
 

@@ -167,3 +167,14 @@ def test_a_running_job_shows_its_ranks_and_stacks_and_a_hang_ends_it_with_a_verd
     assert "ended with exit 124" in followed.stdout, followed.stdout[-3000:]
     [folder] = out.glob("hang-*")
     assert sorted(p.name for p in folder.glob("rank*.txt")) == ["rank0.txt", "rank1.txt"]
+
+
+def test_a_config_typo_is_refused_before_sbatch_and_nothing_is_queued(cluster: SlurmCluster, work: Path) -> None:
+    name = "typo-refused"
+    result = gangrun(cluster, work, "submit", "--target", "slurm", "--name", name, "-m", "train", "--config", "nope",
+                     timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "-m train: refused its input: --config: 'nope' is not a preset or a file" in result.stderr
+    assert not result.stdout
+    assert name not in cluster.run("squeue", "-h", "-o", "%j").stdout
+    assert not cluster.run("sacct", "-n", "-X", "-o", "JobName%40", "--name", name).stdout.strip()

@@ -144,6 +144,23 @@ class Config:
         return tomli_w.dumps(dataclasses.asdict(self))
 
 
+def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_keys(cfg: Config, preset: Config) -> list[str]:
+    """``key = value`` lines (TOML values) for every key where ``cfg`` differs from ``preset``."""
+    mine, base = _flat(dataclasses.asdict(cfg)), _flat(dataclasses.asdict(preset))
+    return [f"{key} = {tomli_w.dumps({'v': value}).partition('=')[2].strip()}"
+            for key, value in mine.items() if base.get(key) != value]
+
+
 def accumulation_steps(cfg: TrainLoopConfig, world_size: int) -> int:
     """Micro-steps per optimizer step on each rank, so the global batch is the same at any world size."""
     per_step = cfg.micro_batch_size * world_size

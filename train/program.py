@@ -13,7 +13,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from train import testhooks
 from train.arguments import parse_args
 from train.checkpoint import CheckpointSpaceError
-from train.config import ConfigError, accumulation_steps, load_config
+from train.config import ConfigError, accumulation_steps, changed_keys, load_config
 from train.contract import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
 from train.distributed import all_gather_objects, close_world, init_world
 from train.loop import fit
@@ -70,7 +70,11 @@ def run(args: argparse.Namespace, rank: int, progress: Progress) -> int:
             output = Path(cfg.output_dir)
             output.mkdir(parents=True, exist_ok=True)
             (output / "config.toml").write_text(cfg.to_toml())
-            log.info(f"config (also in {output / 'config.toml'}):\n{cfg.to_toml()}")
+            # The whole config is in the file; a person reads only what this run changed.
+            changes = changed_keys(cfg, load_config(args.config, []))
+            log.info(f"config: {output / 'config.toml'}; preset {args.config or 'defaults'}"
+                     + (f", with {len(changes)} change{'s' if len(changes) != 1 else ''}:" if changes else
+                        ", unchanged") + "".join(f"\n  {line}" for line in changes))
         # fit() holds the model and its DDP/FSDP wrapper; they are freed when it returns, before
         # the process group is (see close_world).
         stopped_by = fit(cfg, world, progress=progress)
