@@ -18,6 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import run as torchrun_run
 
 from launcher.agent.guard import AFTER_FAILURE_GRACE_S, NodeGuard, split_agent_args
+from launcher.agent.preflight import preflight_or_exit
 from launcher.agent.requeue import RequeuePolicy, stopped_status
 from launcher.agent.verdict import failure_summary
 from launcher.compat import agent_class, hooked_agent_class, parse_torchrun_args
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     os.environ[EXPECTED_WORLD_ENV] = f"{args.nnodes}/{args.nproc_per_node}"
     if settings.pg_timeout_s is not None:
         os.environ[PG_TIMEOUT_ENV] = str(settings.pg_timeout_s)
+    preflight_or_exit(args)
     guard = NodeGuard(settings)
     guard.announce()
     try:
