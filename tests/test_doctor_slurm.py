@@ -53,8 +53,8 @@ def test_doctor_across_two_nodes_sees_one_folder_and_one_version(cluster: SlurmC
     result = in_allocation(cluster, work, "salloc", "-N2", str(BIN / "gangrun"), "doctor", "--target", "slurm",
                            "--nnodes", "2", "--checkpoint", str(folder))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"ok   checkpoint: {folder} is the same on 2 node(s): the same folder" in result.stdout, result.stdout
-    assert re.search(r"^ok   versions: torch and gangrun is the same on 2 node\(s\): torch \S+, gangrun \S+$",
+    assert f"ok   checkpoint: {folder}: the same on 2 node(s) (the same folder)" in result.stdout, result.stdout
+    assert re.search(r"^ok   versions: torch and gangrun: the same on 2 node\(s\) \(torch \S+, gangrun \S+\)$",
                      result.stdout, re.MULTILINE), result.stdout
     assert "ok   nnodes: --nnodes 2 fits the allocation's 2 node(s)" in result.stdout
     # The token each node read is gone again.

@@ -134,7 +134,7 @@ def check_same_everywhere(name: str, what: str, by_node: Mapping[str, str], fix:
     """One value per node (its torch version, what it read from a token file): every node must agree."""
     values = sorted(set(by_node.values()))
     if len(values) == 1:
-        return ok(name, f"{what} is the same on {len(by_node)} node(s): {values[0]}")
+        return ok(name, f"{what}: the same on {len(by_node)} node(s) ({values[0]})")
     spread = "; ".join(f"{node}: {value}" for node, value in sorted(by_node.items()))
     return fail(name, f"{what} differs between nodes ({spread})", fix)
 

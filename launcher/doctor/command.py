@@ -133,11 +133,14 @@ def every_node_checks(python: str, locations: list[str], nodes: int) -> list[Che
     if error is not None:
         return [fail("nodes", f"srun on every node failed ({error})",
                      "check `srun --nodes N hostname` works in this allocation")]
+    if len(reports) != nodes:
+        return [fail("nodes", f"{len(reports)} of the allocation's {nodes} nodes answered srun",
+                     "check `sinfo` that every node is up")]
     found = []
     for loc, (path, written) in tokens.items():
         seen = {r.host: "the same folder" if r.tokens.get(str(path)) == written else "another folder"
                 for r in reports}
-        found.append(check_same_everywhere("checkpoint", f"{loc}", seen, SHARED_FIX))
+        found.append(check_same_everywhere("checkpoint", loc, seen, SHARED_FIX))
     versions = {r.host: f"torch {r.torch}, gangrun {r.gangrun}" for r in reports}
     found.append(check_same_everywhere("versions", "torch and gangrun", versions,
                                        "install the same image or environment on every node"))
