@@ -12,6 +12,7 @@ import os
 import signal
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Protocol
 
 import torch.distributed.launcher.api as launcher_api
@@ -112,3 +113,17 @@ def torchrun_argv(argv: list[str], environ: MutableMapping[str, str] = os.enviro
 def parse_torchrun_args(argv: list[str]) -> argparse.Namespace:
     """torchrun's own parser (public in torch.distributed.run), on argv made fit for this torch."""
     return get_args_parser().parse_args(torchrun_argv(argv))
+
+
+def worker_stderrs(outputs: list[str]) -> dict[int, Path]:
+    """Each worker's stderr log by local rank, from the log files the agent's process context names.
+
+    torchrun writes ``<log dir>/attempt_N/<local rank>/stderr.log``; the failures it raises carry no
+    path (their error_file reads ``<N/A>``), so the verdict finds a worker's traceback here.
+    """
+    found = {}
+    for output in outputs:
+        path = Path(output)
+        if path.name == "stderr.log" and path.parent.name.isdigit():
+            found[int(path.parent.name)] = path
+    return found

@@ -61,7 +61,10 @@ def test_a_rank_stalled_outside_collectives_is_named_with_every_ranks_stack(tmp_
     folder = evidence(out)
     assert "stall_here" in (folder / "rank1.txt").read_text()
     assert "backward" in (folder / "rank0.txt").read_text()
-    assert output.splitlines()[-1].startswith("gangrun: exiting 124 (hang)")
+    assert "gangrun: exiting 124 (hang); hang: rank 1 (" in output
+    # The run's last line is the job's verdict, the watchdog's line in it (launcher.verdict).
+    verdict = f"gangrun: failed: hang: {line.removeprefix('gangrun: hang: ')}; exit 124"
+    assert output.splitlines()[-1].startswith(verdict)
     assert leftovers(str(out)) == []
 
 

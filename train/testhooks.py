@@ -19,6 +19,9 @@ LINGER_ENV = "GANGRUN_TEST_LINGER_S"
 # "1": rank 1 evaluates one batch more than its peers, the uneven eval that hung FSDP before it was fixed
 # (with transformer blocks sharded, as in gpt-tiny, its extra forward all-gathers alone).
 UNEVEN_EVAL_ENV = "GANGRUN_TEST_UNEVEN_EVAL"
+# "RANK:STEP:MB": after STEP, that rank allocates and touches MB megabytes and holds them (the OOM verdict's test).
+ALLOCATE_ENV = "GANGRUN_TEST_ALLOCATE_MB"
+_held: list[bytearray] = []
 
 
 def _first_attempt(environ: Mapping[str, str]) -> bool:
@@ -43,6 +46,19 @@ def at_step_boundary(rank: int, step: int, environ: Mapping[str, str] = os.envir
     stall = _pair(environ, STALL_ENV)
     if stall is not None and stall == (rank, step):
         stall_here()
+    allocate = environ.get(ALLOCATE_ENV)
+    if allocate and _first_attempt(environ):
+        at_rank, at_step, megabytes = (int(part) for part in allocate.split(":"))
+        if (at_rank, at_step) == (rank, step):
+            allocate_here(megabytes)
+
+
+def allocate_here(megabytes: int) -> None:
+    """Take ``megabytes`` a page at a time, each page written, so the memory is resident, not only promised."""
+    for _ in range(megabytes):
+        chunk = bytearray(1 << 20)
+        chunk[::4096] = b"\x01" * len(range(0, 1 << 20, 4096))
+        _held.append(chunk)
 
 
 def slow_down(rank: int, compute_s: float, environ: Mapping[str, str] = os.environ) -> float:

@@ -95,6 +95,11 @@ class NodeGuard:
         self._node = 0
         self._records: dict[int, RankProgress | None] = {}
 
+    @property
+    def node(self) -> int:
+        """This node's rank among the nodes (its agent's group rank), once the rendezvous gave one."""
+        return self._node
+
     def close(self) -> None:
         """The ranks' progress files go with the agent (a hang's evidence was copied to its folder)."""
         self._sampler_thread.shutdown(wait=False, cancel_futures=True)

@@ -18,10 +18,12 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import run as torchrun_run
 
 from launcher.agent.guard import AFTER_FAILURE_GRACE_S, NodeGuard, split_agent_args
+from launcher.agent.oom import OomWatch
 from launcher.agent.preflight import preflight_or_exit
 from launcher.agent.requeue import RequeuePolicy, stopped_status
-from launcher.agent.verdict import failure_summary
-from launcher.compat import agent_class, hooked_agent_class, parse_torchrun_args
+from launcher.agent.torchlog import fold_torchrun_failure_lines
+from launcher.agent.verdict import failure_verdict, hang_verdict, stopped_verdict
+from launcher.compat import agent_class, hooked_agent_class, parse_torchrun_args, worker_stderrs
 from launcher.contract import (
     EXIT_HANG,
     EXIT_OK,
@@ -31,6 +33,7 @@ from launcher.contract import (
     SHIPPED_PROGRAM,
     ignore_stop_signals,
 )
+from launcher.verdict import Verdict, render, write_verdict
 
 
 def protect_shipped_program(args: argparse.Namespace, environ: MutableMapping[str, str] = os.environ) -> None:
@@ -53,8 +56,11 @@ class Hooks:
     guard: NodeGuard
     failure_grace_s: int = AFTER_FAILURE_GRACE_S
     _told: set[int] = field(default_factory=set)
+    # The current attempt's worker log files: a failed worker's traceback is read from its stderr.
+    outputs: list[str] = field(default_factory=list)
 
     def watch(self, group: WorkerGroup, outputs: list[str]) -> RunResult | None:
+        self.outputs = outputs
         self._pass_on_notice(group)
         return self.guard.watch(group, outputs)
 
@@ -94,6 +100,16 @@ def _stop_torchrun(signum: int, _frame: object) -> None:
     raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
 
 
+def publish_verdict(guard: NodeGuard, verdict: Verdict) -> None:
+    """This node's verdict for `gangrun run`, `status` and `logs`, next to its published ranks."""
+    if guard.settings.status_dir is None:
+        return
+    try:
+        write_verdict(guard.settings.status_dir, guard.node, verdict)
+    except OSError as err:
+        print(f"gangrun: could not write the verdict to {guard.settings.status_dir}: {err}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     """Run one node's agent; returns the first failed worker's code, 75 for "requeue me", 124 for a hang, or 0.
 
@@ -119,8 +135,12 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     preflight_or_exit(args)
     guard = NodeGuard(settings)
     guard.announce()
+    # Before any worker starts: a later rise in the cgroup's OOM kills is theirs (launcher.agent.oom).
+    oom = OomWatch.start()
+    fold_torchrun_failure_lines()
+    hooks = Hooks(policy, guard)
     try:
-        with agent_class(hooked_agent_class(Hooks(policy, guard))):
+        with agent_class(hooked_agent_class(hooks)):
             torchrun_run(args)
         # Every worker finished: 0 is decided, whatever stop arrives from here to the exit.
         ignore_stop_signals()
@@ -129,18 +149,25 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
         if guard.hang is not None:
             print(f"gangrun: exiting {EXIT_HANG} (hang); {guard.hang.line.removeprefix('gangrun: ')}",
                   file=sys.stderr, flush=True)
+            publish_verdict(guard, hang_verdict(guard.hang.culprits, guard.hang.line, guard.host, time.time()))
             return EXIT_HANG
         if policy.all_stopped([f.exitcode for f in err.failures.values()]):
             print(f"gangrun: workers stopped on a stop signal; exiting {EXIT_REQUEUE} (requeue me)",
                   file=sys.stderr, flush=True)
+            publish_verdict(guard, stopped_verdict(EXIT_REQUEUE, guard.host, time.time(),
+                                                   "the ranks stopped on a stop signal and saved"))
             return EXIT_REQUEUE
-        status, summary = failure_summary(err)
-        print(summary, file=sys.stderr, flush=True)
-        return status
+        verdict = failure_verdict(err, guard.host, oom, worker_stderrs(hooks.outputs))
+        print(render(verdict), file=sys.stderr, flush=True)
+        publish_verdict(guard, verdict)
+        return verdict.code
     except SignalException as err:
         # torchrun stopped its workers because it was signalled: their codes say what that means.
         status, why = stopped_status(policy.exit_codes)
         print(f"gangrun: agent stopped by {err.sigval.name}; {why}, exiting {status}", file=sys.stderr, flush=True)
+        if status != EXIT_OK:
+            publish_verdict(guard, stopped_verdict(status, guard.host, time.time(),
+                                                   f"the agent was stopped by {err.sigval.name}; {why}"))
         return status
     finally:
         guard.close()

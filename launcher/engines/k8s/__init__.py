@@ -13,6 +13,7 @@ from launcher.engines.k8s.render import dump_yaml, render_objects
 from launcher.errors import SpecError
 from launcher.jobs import JobHandle
 from launcher.spec import JobSpec
+from launcher.verdict import render
 
 
 class KubernetesEngine:
@@ -43,6 +44,8 @@ class KubernetesEngine:
 
     def status(self, handle: JobHandle) -> str:
         state = kubectl.status(handle)
+        if state.startswith("Failed") and (verdict := kubectl.failed_verdict(handle)) is not None:
+            return f"{state}\n{render(verdict)}"
         return f"{state}\n{kubectl.ranks(handle)}" if state.startswith("Running") else state
 
     def stacks(self, handle: JobHandle) -> str:

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 
 from launcher.contract import SAFE_PATH_FLAG, rank_of
 from launcher.engines.k8s.manifests import CONTAINER_NAMES, JOB_LABEL, POD_STATUS_DIR, Obj
+from launcher.engines.k8s.verdict import job_verdict
 from launcher.errors import SpecError
 from launcher.jobs import JobHandle
 from launcher.ranks import format_ranks
+from launcher.verdict import Verdict
 
 # kubectl's names for the kinds, fully qualified so a same-named CRD elsewhere can't shadow them.
 RESOURCES = {
@@ -86,10 +88,22 @@ def apply(text: str, namespace: str | None) -> str:
     return namespace or _kubectl(current).strip() or "default"
 
 
-def status(handle: JobHandle) -> str:
+def job_object(handle: JobHandle) -> Obj:
     argv = [*kubectl_base(handle.extra.get("namespace")), "get",
             f"{RESOURCES[handle.extra['kind']]}/{handle.name}", "-o", "json"]
-    return summarize_status(json.loads(_kubectl(argv)))
+    obj: Obj = json.loads(_kubectl(argv))
+    return obj
+
+
+def status(handle: JobHandle) -> str:
+    return summarize_status(job_object(handle))
+
+
+def failed_verdict(handle: JobHandle) -> Verdict | None:
+    """A failed job's verdict from its object and its pods' status (launcher.engines.k8s.verdict)."""
+    argv = [*kubectl_base(handle.extra.get("namespace")), "get", "pods", "-l", f"{JOB_LABEL}={handle.name}",
+            "-o", "json"]
+    return job_verdict(job_object(handle), json.loads(_kubectl(argv)).get("items", []))
 
 
 def logs(handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:

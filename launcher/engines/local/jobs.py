@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from launcher.contract import rank_of
 from launcher.errors import SpecError
 from launcher.jobs import JobHandle, jobs_home
 from launcher.ranks import format_ranks, read_ranks, request_stacks
+from launcher.verdict import Verdict, first_failure, read_verdicts, render, render_line
 
 TARGET = "local"
 CONSOLE = "console.log"
@@ -51,10 +53,24 @@ def _alive(handle: JobHandle) -> bool:
     return True
 
 
+def job_verdict(handle: JobHandle) -> Verdict | None:
+    """The run's verdict from its agents' (none for a run that succeeded), with its console as the logs."""
+    verdict = first_failure(read_verdicts(Path(handle.folder) / "status"))
+    return verdict.with_logs(str(Path(handle.folder) / CONSOLE)) if verdict is not None else None
+
+
+def print_verdict(handle: JobHandle, code: int) -> None:
+    """`gangrun run`'s last line on a failed run: the verdict, as `gangrun status` and `logs` show it."""
+    verdict = job_verdict(handle) if code else None
+    if verdict is not None:
+        print(render_line(verdict), file=sys.stderr, flush=True)
+
+
 def status(handle: JobHandle) -> str:
     code = _exit_code(handle)
     if code is not None:
-        return f"{handle.id}: ENDED, exit {code}"
+        verdict = job_verdict(handle) if code else None
+        return f"{handle.id}: ENDED, exit {code}" + (f"\n{render(verdict)}" if verdict is not None else "")
     if not _alive(handle):
         return f"{handle.id}: ENDED without an exit status (gangrun run was killed)"
     ranks = format_ranks(read_ranks(Path(handle.folder) / "status"))
@@ -76,6 +92,8 @@ def logs(handle: JobHandle, follow: bool = False, rank: int | None = None) -> It
                 if rank is None or rank_of(line) == rank:
                     yield line
         if not follow or ended:
+            if ended and (verdict := job_verdict(handle)) is not None and _exit_code(handle):
+                yield render_line(verdict)
             return
         time.sleep(0.5)
 

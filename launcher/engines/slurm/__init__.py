@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from launcher.engines.base import CORE_FIELDS
+from launcher.engines.slurm.accounting import accounting_rows, slurm_verdict
 from launcher.engines.slurm.logs import follow_lines, read_lines
 from launcher.engines.slurm.options import SlurmOptions
 from launcher.engines.slurm.script import JobFiles, render_sbatch
@@ -16,6 +17,7 @@ from launcher.errors import SpecError
 from launcher.jobs import JobHandle
 from launcher.ranks import format_ranks, read_ranks, request_stacks
 from launcher.spec import JobSpec
+from launcher.verdict import Verdict, first_failure, read_verdicts, render, render_line
 
 # Between state checks while following logs: double from the first to the last, so a long job
 # costs the controller one query a minute, not one a second.
@@ -45,8 +47,19 @@ class SlurmEngine:
     def status(self, handle: JobHandle) -> str:
         state = self.state(handle)
         if state.done:
-            return state.describe()
+            verdict = self.verdict(handle) if state.state != "COMPLETED" else None
+            return state.describe() + (f"\n{render(verdict)}" if verdict is not None else "")
         return f"{state.describe()}\n{format_ranks(read_ranks(self._status_dir(handle)))}"
+
+    def verdict(self, handle: JobHandle) -> Verdict | None:
+        """A failed job's verdict: its agents' (from the status folder) with sacct's step code and state."""
+        agents = read_verdicts(self._status_dir(handle))
+        first = first_failure(agents)
+        # The failed node's own log where the agent's host name is Slurm's node name (%N), else every node's.
+        logs = Path(handle.folder) / f"{handle.native_id}.{first.host if first else '*'}.log"
+        if not logs.is_file():
+            logs = Path(handle.folder) / f"{handle.native_id}.*.log"
+        return slurm_verdict(accounting_rows(handle.native_id), agents, str(logs))
 
     def stacks(self, handle: JobHandle) -> str:
         if self.state(handle).done:
@@ -62,10 +75,13 @@ class SlurmEngine:
         files = JobFiles(Path(handle.folder))
         if not follow:
             yield from read_lines(files.logs(handle.native_id), rank)
-            return
-        yield from follow_lines(lambda: files.logs(handle.native_id), rank,
-                                done=lambda: self.state(handle).done,
-                                first_poll_s=POLL_FIRST_S, max_poll_s=POLL_MAX_S, clock=time.monotonic)
+        else:
+            yield from follow_lines(lambda: files.logs(handle.native_id), rank,
+                                    done=lambda: self.state(handle).done,
+                                    first_poll_s=POLL_FIRST_S, max_poll_s=POLL_MAX_S, clock=time.monotonic)
+        state = self.state(handle)
+        if state.done and state.state != "COMPLETED" and (verdict := self.verdict(handle)) is not None:
+            yield render_line(verdict)
 
     def cancel(self, handle: JobHandle) -> None:
         cancel_job(handle)

@@ -1,0 +1,43 @@
+"""torchrun's own failure log lines, folded into the agent's verdict instead of printed raw.
+
+torchrun logs a worker's failure (``failed (exitcode: 1) local_rank: 1 (pid: ...) of binary: ...``)
+and each survivor it stops (``Sending process N closing signal SIGTERM``) in its own format; the
+verdict line says the same with the rank, host, class and traceback. Every other torchrun line
+(restarts, a worker that would not die, a death signal) still prints: a person needs those.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# The elastic loggers' names all start so (torch.distributed.elastic.utils.logging.get_logger).
+ELASTIC_LOGGERS = "torch.distributed.elastic"
+FOLDED = re.compile(r"^failed \(exitcode: |^Sending process \d+ closing signal ")
+
+
+class FoldFailureLines(logging.Filter):
+    """Drops the lines the verdict says again, and keeps them, for a test or a debugger to see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if FOLDED.match(message):
+            self.folded.append(message)
+            return False
+        return True
+
+
+def fold_torchrun_failure_lines() -> FoldFailureLines:
+    """Install the filter on every elastic logger created so far (they are made at import, by module).
+
+    A filter on a logger sees only that logger's own records, not its children's, so each gets one.
+    """
+    folder = FoldFailureLines()
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith(ELASTIC_LOGGERS) and isinstance(logger, logging.Logger):
+            logger.addFilter(folder)
+    return folder
