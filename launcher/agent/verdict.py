@@ -67,5 +67,5 @@ def hang_verdict(culprits: list[int], line: str, host: str, at: float) -> Verdic
 def stopped_verdict(code: int, host: str, at: float, why: str) -> Verdict:
     """The ranks were stopped (a stop signal, a preemption notice): 75 asks for a start again."""
     klass = "preempted" if code == EXIT_REQUEUE else classify(None, host, code).klass
-    return Verdict(klass, None, host, code, detail=why, at=at)
+    return Verdict(klass, None, f"the ranks on {host}", code, detail=why, at=at)
 
