@@ -13,7 +13,7 @@ from launcher.engines.k8s.render import dump_yaml, render_objects
 from launcher.errors import SpecError
 from launcher.jobs import JobHandle
 from launcher.spec import JobSpec
-from launcher.verdict import render
+from launcher.verdict import render, render_line
 
 
 class KubernetesEngine:
@@ -52,7 +52,10 @@ class KubernetesEngine:
         return kubectl.stacks(handle)
 
     def logs(self, handle: JobHandle, follow: bool = False, rank: int | None = None) -> Iterator[str]:
-        return kubectl.logs(handle, follow, rank)
+        yield from kubectl.logs(handle, follow, rank)
+        # The pods' logs end where their containers did; why the job failed is in their status.
+        if kubectl.status(handle).startswith("Failed") and (verdict := kubectl.failed_verdict(handle)) is not None:
+            yield render_line(verdict)
 
     def cancel(self, handle: JobHandle) -> None:
         kubectl.cancel(handle)
