@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from launcher import __version__, build
 from launcher.contract import EXIT_BAD_INPUT, EXIT_OK
+from launcher.doctor.gate import check_before_run
 from launcher.engines import ENGINES, cluster_engine, cluster_engines, job_engine
 from launcher.engines.local import ENGINE as LOCAL
 from launcher.errors import SpecError
@@ -188,11 +189,15 @@ def _spec_command(args: argparse.Namespace) -> int:
         print(engine.render(spec, options))
         return EXIT_OK
     sources = setting_sources(given_flags(args), profile=args.profile, profile_file=args.profile_file)
-    print(timeouts_line(spec, target, options, sources), file=sys.stderr, flush=True)
+    # Said once the job is sure to start: a refusal stays the one line it is.
+    timeouts = timeouts_line(spec, target, options, sources)
     if args.command == "run":
+        check_before_run(spec)
+        print(timeouts, file=sys.stderr, flush=True)
         return LOCAL.run(spec, options)
     handle = cluster_engine(target).submit(spec, options)
     print(f"gangrun: submitted {handle.id} ({handle.name}); folder {handle.folder}")
+    print(timeouts, file=sys.stderr, flush=True)
     return EXIT_OK
 
 

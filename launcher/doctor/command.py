@@ -7,9 +7,8 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
-
-import torch
 
 from launcher import __version__, cli
 from launcher.contract import EXIT_OK
@@ -167,7 +166,7 @@ def doctor_checks(target: str, spec: JobSpec, options: Any, checkpoints: list[st
         python = getattr(options, "python", None) or sys.executable
         found += every_node_checks(python, locations, where.nodes)
     else:
-        found.append(ok("versions", f"torch {torch.__version__}, gangrun {__version__} on this node"
+        found.append(ok("versions", f"torch {metadata.version('torch')}, gangrun {__version__} on this node"
                         + (" (run doctor inside the allocation to compare every node's)" if target == "slurm" else "")))
     if target != "k8s":
         found.append(checks.check_interfaces(probes.ipv4_interfaces(), {**environ, **spec.env}))

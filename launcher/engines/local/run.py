@@ -21,7 +21,6 @@ from launcher.contract import (
     exit_status,
     ignore_stop_signals,
 )
-from launcher.doctor.gate import check_before_run
 from launcher.engines.local.jobs import CONSOLE, new_handle, print_verdict, record_exit
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import LOOPBACK, render_local
@@ -62,7 +61,6 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
     run has a handle (``local-<run id>``) for `gangrun status|logs|stacks|cancel` while it runs.
     """
     noted = note_stop_signals()
-    check_before_run(spec)
     run_id = f"{spec.job_name}-{uuid.uuid4().hex[:8]}"
     handle = new_handle(run_id, spec.job_name, spec.nnodes.max)
     print(f"gangrun: run {handle.id} (gangrun status|logs|stacks {handle.id}); folder {handle.folder}",
