@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,13 +56,6 @@ def job_verdict(handle: JobHandle) -> Verdict | None:
     """The run's verdict from its agents' (none for a run that succeeded), with its console as the logs."""
     verdict = first_failure(read_verdicts(Path(handle.folder) / "status"))
     return verdict.with_logs(str(Path(handle.folder) / CONSOLE)) if verdict is not None else None
-
-
-def print_verdict(handle: JobHandle, code: int) -> None:
-    """`gangrun run`'s last line on a failed run: the verdict, as `gangrun status` and `logs` show it."""
-    verdict = job_verdict(handle) if code else None
-    if verdict is not None:
-        print(render_line(verdict), file=sys.stderr, flush=True)
 
 
 def status(handle: JobHandle) -> str:

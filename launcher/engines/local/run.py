@@ -21,10 +21,11 @@ from launcher.contract import (
     exit_status,
     ignore_stop_signals,
 )
-from launcher.engines.local.jobs import CONSOLE, new_handle, print_verdict, record_exit
+from launcher.engines.local.jobs import CONSOLE, job_verdict, new_handle, record_exit
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import LOOPBACK, render_local
 from launcher.spec import JobSpec
+from launcher.verdict import Verdict, render_line
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -57,7 +58,8 @@ def _copy(stream: IO[bytes], out: IO[bytes], log: IO[bytes]) -> None:
 def run_local(spec: JobSpec, options: LocalOptions) -> int:
     """Start every node's agent, forward stop signals, stop the rest at the first failure.
 
-    Returns the exit status of the first agent that failed (its first worker's code), else 0. The
+    Returns the exit status of the failure the agents' verdicts name as the cause (that worker's own
+    code), else that of the first agent that failed, else 0. The
     run has a handle (``local-<run id>``) for `gangrun status|logs|stacks|cancel` while it runs.
     """
     noted = note_stop_signals()
@@ -67,6 +69,7 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
           file=sys.stderr, flush=True)
     commands = render_local(spec, free_port(), run_id, stop_grace_s=options.stop_grace_s, folder=handle.folder)
     code = EXIT_OK
+    verdict: Verdict | None = None
     with (Path(handle.folder) / CONSOLE).open("ab") as log, Forwarder(noted) as forwarder:
         for cmd in commands:
             if forwarder.received:
@@ -89,8 +92,14 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
         finally:
             for thread in copies:
                 thread.join(timeout=5)
+            verdict = job_verdict(handle) if code else None
+            # The verdict names the cause across nodes, and its own code is the run's: the agent that
+            # exits first is often a survivor's, failed because its peer died.
+            if verdict is not None:
+                code = verdict.code
             record_exit(handle, code)
-    print_verdict(handle, code)
+    if verdict is not None:
+        print(render_line(verdict), file=sys.stderr, flush=True)
     ignore_stop_signals()
     return code
 
