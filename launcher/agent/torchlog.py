@@ -1,9 +1,10 @@
 """torchrun's own failure log lines, folded into the agent's verdict instead of printed raw.
 
-torchrun logs a worker's failure (``failed (exitcode: 1) local_rank: 1 (pid: ...) of binary: ...``)
-and each survivor it stops (``Sending process N closing signal SIGTERM``) in its own format; the
-verdict line says the same with the rank, host, class and traceback. Every other torchrun line
-(restarts, a worker that would not die, a death signal) still prints: a person needs those.
+torchrun logs a worker's failure (``failed (exitcode: 1) local_rank: 1 (pid: ...) of binary: ...``),
+each survivor it stops (``Sending process N closing signal SIGTERM``) and a stop signal it got
+(``Received 15 death signal, shutting down workers``) in its own format; the verdict line, or the
+agent's own line for a stop, says the same with the rank, host, class and traceback. Every other
+torchrun line (restarts, a worker that would not die) still prints: a person needs those.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 
 # The elastic loggers' names all start so (torch.distributed.elastic.utils.logging.get_logger).
 ELASTIC_LOGGERS = "torch.distributed.elastic"
-FOLDED = re.compile(r"^failed \(exitcode: |^Sending process \d+ closing signal ")
+FOLDED = re.compile(r"^failed \(exitcode: |^Sending process \d+ closing signal |^Received \d+ death signal, ")
 
 
 class FoldFailureLines(logging.Filter):
