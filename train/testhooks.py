@@ -1,7 +1,8 @@
 """Faults the chaos tests inject into a real run, each switched on by one variable gangrun never sets.
 
-Each acts in the first attempt only (TORCHELASTIC_RESTART_COUNT 0), so a restart under
-``--max-restarts`` shows the recovery.
+The variables are read once, when the program starts (FAULTS): the hooks run every step and cost a
+comparison, not an environment lookup. Each acts in the first attempt only
+(TORCHELASTIC_RESTART_COUNT 0), so a restart under ``--max-restarts`` shows the recovery.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 # "RANK:STEP": that rank stops making progress after STEP, outside any collective (in stall_here).
 STALL_ENV = "GANGRUN_TEST_STALL"
@@ -24,16 +26,33 @@ ALLOCATE_ENV = "GANGRUN_TEST_ALLOCATE_MB"
 _held: list[bytearray] = []
 
 
-def _first_attempt(environ: Mapping[str, str]) -> bool:
-    return environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-
-
-def _pair(environ: Mapping[str, str], name: str) -> tuple[int, float] | None:
+def _numbers(environ: Mapping[str, str], name: str) -> tuple[float, ...] | None:
     value = environ.get(name)
-    if not value or not _first_attempt(environ):
-        return None
-    rank, _, number = value.partition(":")
-    return int(rank), float(number)
+    return tuple(float(part) for part in value.split(":")) if value else None
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The faults this process injects, parsed from its environment."""
+
+    stall: tuple[int, int] | None = None
+    slow: tuple[int, float] | None = None
+    allocate: tuple[int, int, int] | None = None
+    uneven_eval: bool = False
+    linger_s: float = 0.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Faults:
+        if environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            return cls(linger_s=float(environ.get(LINGER_ENV) or 0))
+        stall, slow, allocate = (_numbers(environ, name) for name in (STALL_ENV, SLOW_ENV, ALLOCATE_ENV))
+        return cls(stall=(int(stall[0]), int(stall[1])) if stall else None,
+                   slow=(int(slow[0]), slow[1]) if slow else None,
+                   allocate=(int(allocate[0]), int(allocate[1]), int(allocate[2])) if allocate else None,
+                   uneven_eval=environ.get(UNEVEN_EVAL_ENV) == "1", linger_s=float(environ.get(LINGER_ENV) or 0))
+
+
+FAULTS = Faults.from_env(os.environ)
 
 
 def stall_here() -> None:
@@ -42,15 +61,11 @@ def stall_here() -> None:
         time.sleep(1)
 
 
-def at_step_boundary(rank: int, step: int, environ: Mapping[str, str] = os.environ) -> None:
-    stall = _pair(environ, STALL_ENV)
-    if stall is not None and stall == (rank, step):
+def at_step_boundary(rank: int, step: int, faults: Faults = FAULTS) -> None:
+    if faults.stall == (rank, step):
         stall_here()
-    allocate = environ.get(ALLOCATE_ENV)
-    if allocate and _first_attempt(environ):
-        at_rank, at_step, megabytes = (int(part) for part in allocate.split(":"))
-        if (at_rank, at_step) == (rank, step):
-            allocate_here(megabytes)
+    if faults.allocate is not None and faults.allocate[:2] == (rank, step):
+        allocate_here(faults.allocate[2])
 
 
 def allocate_here(megabytes: int) -> None:
@@ -61,20 +76,18 @@ def allocate_here(megabytes: int) -> None:
         _held.append(chunk)
 
 
-def slow_down(rank: int, compute_s: float, environ: Mapping[str, str] = os.environ) -> float:
+def slow_down(rank: int, compute_s: float, faults: Faults = FAULTS) -> float:
     """Sleep so this step's compute takes FACTOR times ``compute_s``; returns the seconds slept."""
-    slow = _pair(environ, SLOW_ENV)
-    if slow is None or slow[0] != rank:
+    if faults.slow is None or faults.slow[0] != rank:
         return 0.0
-    time.sleep((slow[1] - 1) * compute_s)
-    return (slow[1] - 1) * compute_s
+    time.sleep((faults.slow[1] - 1) * compute_s)
+    return (faults.slow[1] - 1) * compute_s
 
 
-def extra_eval_batch(rank: int, environ: Mapping[str, str] = os.environ) -> bool:
-    return rank == 1 and environ.get(UNEVEN_EVAL_ENV) == "1" and _first_attempt(environ)
+def extra_eval_batch(rank: int, faults: Faults = FAULTS) -> bool:
+    return rank == 1 and faults.uneven_eval
 
 
-def linger(environ: Mapping[str, str] = os.environ) -> None:
-    seconds = float(environ.get(LINGER_ENV) or 0)
-    if seconds > 0:
-        time.sleep(seconds)
+def linger(faults: Faults = FAULTS) -> None:
+    if faults.linger_s > 0:
+        time.sleep(faults.linger_s)
