@@ -256,10 +256,13 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_is_in
         out = tmp_path / "run"
         code, output = gangrun(2, [*COMMON, f"output_dir={out}", f"checkpoint.dir={disk}", "checkpoint.every=10"],
                                env, tmp_path).finish()
-        errors = [line for line in output.splitlines() if "train: error:" in line]
+        # The program's own line; gangrun's verdict, the last line, quotes it.
+        errors = [line for line in output.splitlines() if "train: error:" in line and not line.startswith("gangrun:")]
         print(f"\nchaos: disk full during a save: exit {code}; {errors[0] if errors else output[-500:]}")
         assert code == 1, output[-4000:]
         assert len(errors) == 1 and "no space left on the device" in errors[0], output[-4000:]
+        verdict = output.strip().splitlines()[-1]
+        assert verdict.startswith("gangrun: failed: ") and "no space left on the device" in verdict, verdict
         assert "the newest commit (step 10) is intact" in errors[0]
         assert committed_steps(disk) == [10]
         assert read_checkpoint(disk / "step-00000010", tmp_path / "scratch")["train"]["step"] == 10

@@ -27,9 +27,10 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from launcher.agent.exchange import HangCall, NodeExchange
 from launcher.agent.hang import HangReport, RankView, evidence_folder, hang_verdict, write_evidence
+from launcher.agent.procstat import process_state
 from launcher.agent.progress import RankProgress, read_rank
 from launcher.agent.sampler import SAMPLE_INTERVAL_S, StackSampler
-from launcher.agent.stacks import dump_stacks, process_state, py_spy
+from launcher.agent.stacks import dump_stacks, py_spy
 from launcher.agent.watchdog import HangTimeout, Watchdog, last_output
 from launcher.contract import PROGRESS_DIR_ENV
 from launcher.ranks import STACKS_REQUEST

@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -20,6 +19,7 @@ from torch.distributed.run import run as torchrun_run
 from launcher.agent.guard import AFTER_FAILURE_GRACE_S, NodeGuard, split_agent_args
 from launcher.agent.oom import OomWatch
 from launcher.agent.preflight import preflight_or_exit
+from launcher.agent.procstat import started_after
 from launcher.agent.requeue import RequeuePolicy, stopped_status
 from launcher.agent.torchlog import fold_torchrun_failure_lines
 from launcher.agent.verdict import failure_verdict, hang_verdict, stopped_verdict
@@ -83,16 +83,6 @@ class Hooks:
 
     def after_shutdown(self, exit_codes: list[int | None]) -> None:
         self.policy.after_shutdown(exit_codes)
-
-
-def started_after(pid: int, moment: float) -> bool:
-    """Whether process ``pid`` started after wall time ``moment`` (from /proc: its start in clock ticks)."""
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK") > moment
 
 
 def _stop_torchrun(signum: int, _frame: object) -> None:

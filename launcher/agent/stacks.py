@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.agent.procstat import process_state
 from launcher.contract import STACK_SIGNAL
 
 PY_SPY_TIMEOUT_S = 10.0
@@ -100,15 +101,6 @@ def main_thread(threads: list[list[Frame]]) -> list[Frame]:
         if any(f.function == "<module>" for f in frames):
             return frames
     return threads[0] if threads else []
-
-
-def process_state(pid: int) -> str:
-    """The one-letter state from /proc (R, S, D, T, Z...), or "?" when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    return stat.rpartition(")")[2].split()[0]
 
 
 def py_spy() -> str | None:
