@@ -60,18 +60,22 @@ def torchrun_args(spec: JobSpec, rdzv: Rendezvous, log_dir: str | None = None) -
     return [*args, *spec.entrypoint.argv()]
 
 
-def agent_flags(spec: JobSpec, stop_grace_s: int, status_dir: str | None = None) -> list[str]:
+def agent_flags(spec: JobSpec, stop_grace_s: int, status_dir: str | None = None,
+                verdict_to_launcher: bool = False) -> list[str]:
     """The agent's own flags, before torchrun's (launcher.agent.guard.split_agent_args reads them).
 
     ``stop_grace_s`` is how long the workers get to save after a stop signal: each engine's own
     budget for it (the local stop grace, Slurm's signal lead, the pod's checkpoint budget).
     ``status_dir`` is where the agent publishes its ranks for ``gangrun status`` and ``stacks``.
+    ``verdict_to_launcher``: the launcher prints the job's verdict line, the agent only writes its own.
     """
     flags = [f"--hang-timeout={spec.hang_timeout}", f"--stop-grace={stop_grace_s}"]
     if spec.pg_timeout is not None:
         flags.append(f"--pg-timeout={spec.pg_timeout}")
     if status_dir is not None:
         flags.append(f"--status-dir={status_dir}")
+    if verdict_to_launcher:
+        flags.append("--verdict-to-launcher")
     return flags
 
 

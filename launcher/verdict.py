@@ -180,9 +180,12 @@ def render_line(v: Verdict) -> str:
 
 
 def render(v: Verdict, tail: bool = True) -> str:
-    """The traceback's last lines (``[rankN]: ...``), then the verdict line."""
+    """The traceback's last lines (``[rankN]: ...``), then the verdict line.
+
+    A one-line tail (a program's own error line, no traceback) is not repeated: the verdict line quotes it.
+    """
     prefix = f"[rank{v.rank}]: " if v.rank is not None else ""
-    lines = [f"{prefix}{line}" for line in v.tail] if tail and v.klass != "hang" else []
+    lines = [f"{prefix}{line}" for line in v.tail] if tail and v.klass != "hang" and len(v.tail) > 1 else []
     return "\n".join([*lines, render_line(v)])
 
 

@@ -74,5 +74,6 @@ def test_dry_run_prints_and_runs_nothing(gangrun_env, tmp_path):
     command = result.stdout.strip().splitlines()[-1]
     assert command.startswith("PYTHONUNBUFFERED=1 OMP_NUM_THREADS=")
     assert " A=1 " in command
-    assert "-P -m launcher.agent --hang-timeout=auto --stop-grace=30 --nnodes=1 --nproc-per-node=2" in command
+    assert ("-P -m launcher.agent --hang-timeout=auto --stop-grace=30 --verdict-to-launcher --nnodes=1 "
+            "--nproc-per-node=2") in command
     assert command.endswith(f"{script} --x y")

@@ -197,7 +197,8 @@ def test_a_running_local_job_shows_its_ranks_stacks_and_logs(tmp_path: Path, gan
         if run.proc.poll() is None:
             run.stop()
     assert code == 75, output
-    assert cli("status", job).stdout.strip() == f"{job}: ENDED, exit 75"
+    ended, verdict = cli("status", job).stdout.strip().splitlines()
+    assert ended == f"{job}: ENDED, exit 75" and verdict.startswith("gangrun: stopped: preemption: "), verdict
     assert json.loads((tmp_path / "gangrun-home" / "jobs" / f"{job}.json").read_text())["target"] == "local"
 
 

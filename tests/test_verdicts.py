@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from launcher.agent.guard import split_agent_args
 from launcher.agent.oom import killed_pids, memory_cgroup, oom_kill_count
 from launcher.agent.torchlog import fold_torchrun_failure_lines
 from launcher.compat import worker_stderrs
 from launcher.engines.k8s.verdict import job_verdict
 from launcher.engines.slurm.accounting import parse_sacct, slurm_verdict
+from launcher.spec import Entrypoint, JobSpec
+from launcher.torchrun import agent_flags
 from launcher.verdict import (
     Verdict,
     classify,
@@ -192,6 +195,14 @@ def test_slurm_preempted_and_timed_out_jobs_are_classed_by_their_state() -> None
     assert slurm_verdict(parse_sacct("45|COMPLETED|0:0|0:0|node1\n45.0|COMPLETED|0:0|0:0|node1\n"), [], "x") is None
 
 
+def test_the_agents_verdict_stands_while_sacct_still_says_running() -> None:
+    # The controller ended the job; slurmdbd has not caught up.
+    agent = classify(0, "node1", 1, trace="Traceback (most recent call last):\n  File x\nValueError: boom")
+    lagging = slurm_verdict(parse_sacct("46|RUNNING|0:0|0:0|node1\n46.0|RUNNING|0:0|0:0|node1\n"), [agent], "l")
+    assert lagging == agent.with_logs("l")
+    assert slurm_verdict(parse_sacct("46|RUNNING|0:0|0:0|node1\n"), [], "l") is None
+
+
 @pytest.mark.parametrize("case, line", [
     ("k8s-oomkilled", "gangrun: failed: out of memory: node 1, pod llm-1-fghij on gpu-node-b killed by SIGKILL "
                       "(the kernel's OOM killer (OOMKilled)); logs: kubectl logs llm-1-fghij"),
@@ -206,6 +217,14 @@ def test_kubernetes_verdicts_from_recorded_pod_status(case: str, line: str) -> N
     recorded = json.loads((DATA / f"{case}.json").read_text())
     verdict = job_verdict(recorded["job"], recorded["pods"])
     assert verdict is not None and render_line(verdict) == line
+
+
+
+def test_the_local_launcher_takes_the_verdict_and_the_agent_only_writes_its_own() -> None:
+    spec = JobSpec(Entrypoint("train", True))
+    settings, rest = split_agent_args([*agent_flags(spec, 30, "/s", verdict_to_launcher=True), "-m", "x"])
+    assert settings.verdict_to_launcher and settings.status_dir == "/s" and rest == ["-m", "x"]
+    assert not split_agent_args(agent_flags(spec, 30))[0].verdict_to_launcher
 
 
 # -- real runs under `gangrun run` ---------------------------------------------------------------

@@ -56,20 +56,25 @@ class AgentSettings:
     status_dir: str | None = None
     # The workers' process-group timeout (launcher.timeouts); None keeps torch's default.
     pg_timeout_s: int | None = None
+    # The launcher that started this agent prints the job's verdict, from every node's (`gangrun run`):
+    # the agent only writes its own to the status folder, so the console says it once.
+    verdict_to_launcher: bool = False
+
+
+AGENT_FLAGS = ("--hang-timeout", "--stop-grace", "--status-dir", "--pg-timeout", "--verdict-to-launcher")
 
 
 def split_agent_args(argv: list[str]) -> tuple[AgentSettings, list[str]]:
-    """The leading ``--hang-timeout=``, ``--stop-grace=``, ``--status-dir=``, ``--pg-timeout=`` flags, and
-    torchrun's argv."""
+    """The leading agent flags (AGENT_FLAGS, ``--flag=value`` or a bare switch), and torchrun's argv."""
     values: dict[str, str] = {}
     rest = list(argv)
-    while rest and rest[0].split("=", 1)[0] in ("--hang-timeout", "--stop-grace", "--status-dir", "--pg-timeout"):
+    while rest and rest[0].split("=", 1)[0] in AGENT_FLAGS:
         key, _, value = rest.pop(0).partition("=")
         values[key] = value
     pg_timeout = values.get("--pg-timeout")
     return AgentSettings(HangTimeout.parse(values.get("--hang-timeout", str(AUTO))),
                          int(values.get("--stop-grace", "30")), values.get("--status-dir") or None,
-                         int(pg_timeout) if pg_timeout else None), rest
+                         int(pg_timeout) if pg_timeout else None, "--verdict-to-launcher" in values), rest
 
 
 def _exited(pid: int) -> bool:

@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
                                                    "the ranks stopped on a stop signal and saved"))
             return EXIT_REQUEUE
         verdict = failure_verdict(err, guard.host, oom, worker_stderrs(hooks.outputs))
-        print(render(verdict), file=sys.stderr, flush=True)
+        if not settings.verdict_to_launcher:
+            print(render(verdict), file=sys.stderr, flush=True)
         publish_verdict(guard, verdict)
         return verdict.code
     except SignalException as err:

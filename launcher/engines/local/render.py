@@ -64,7 +64,8 @@ def render_local(
             rdzv = Rendezvous("c10d", host or LOOPBACK, given_port or port, run_id, conf=conf)
         else:
             rdzv = Rendezvous("static", LOOPBACK, port, run_id, node_rank=node)
-        flags = agent_flags(spec, stop_grace_s, f"{folder}/status" if folder else None)
+        # gangrun run prints the job's verdict from every node's, once (launcher.engines.local.run).
+        flags = agent_flags(spec, stop_grace_s, f"{folder}/status" if folder else None, verdict_to_launcher=True)
         logs = f"{folder}/logs/node{node}" if folder else None
         commands.append(AgentCommand(node, [*agent_launch(python), *flags, *torchrun_args(spec, rdzv, logs)], env))
     return commands

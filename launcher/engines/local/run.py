@@ -25,7 +25,7 @@ from launcher.engines.local.jobs import CONSOLE, job_verdict, new_handle, record
 from launcher.engines.local.options import LocalOptions
 from launcher.engines.local.render import LOOPBACK, render_local
 from launcher.spec import JobSpec
-from launcher.verdict import Verdict, render_line
+from launcher.verdict import Verdict, render
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -99,7 +99,7 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
                 code = verdict.code
             record_exit(handle, code)
     if verdict is not None:
-        print(render_line(verdict), file=sys.stderr, flush=True)
+        print(render(verdict), file=sys.stderr, flush=True)
     ignore_stop_signals()
     return code
 
