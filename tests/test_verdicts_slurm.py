@@ -32,9 +32,14 @@ def test_a_preempted_job_is_classed_as_preemption_with_its_steps_code(cluster: S
     while not (status := gangrun(cluster, work, "status", job).stdout).startswith("FAILED"):
         assert time.monotonic() < deadline, status
         time.sleep(0.5)
-    rows = parse_sacct(cluster.run("sacct", "-j", job, f"--format={SACCT_FORMAT}", "-P", "-n").stdout)
-    step = next(r for r in rows if r.job_id == f"{job}.0")
-    assert step.code == 75, rows
+    # slurmdbd records the step's end a moment after the controller ends the job.
+    while not (step := next((r for r in parse_sacct(cluster.run("sacct", "-j", job, f"--format={SACCT_FORMAT}", "-P",
+                                                                "-n").stdout)
+                             if r.job_id == f"{job}.0" and r.state != "RUNNING"), None)):
+        assert time.monotonic() < deadline, "sacct never recorded the step's end"
+        time.sleep(0.5)
+    assert step.code == 75, step
+    status = gangrun(cluster, work, "status", job).stdout
     line = status.strip().splitlines()[-1]
     assert re.match(r"gangrun: stopped: preemption: the ranks on \S+ exited 75 \(the ranks stopped on a stop signal "
                     rf"and saved\); logs: \S+/{job}\.", line), status

@@ -70,7 +70,10 @@ def slurm_verdict(rows: list[StepRow], agents: list[Verdict], logs: str) -> Verd
     """
     job = next((r for r in rows if "." not in r.job_id), None)
     if job is None or not job.failed:
-        return None
+        # The controller can call a job ended seconds before slurmdbd's rows say so (sacct still reads
+        # RUNNING): the agents' own verdicts, written before they exited, stand alone until then.
+        first = first_failure(agents)
+        return first.with_logs(logs) if first is not None and (job is None or job.state != "COMPLETED") else None
     steps = [r for r in rows if r.is_step and r.failed]
     step = steps[0] if steps else None
     verdict = first_failure(agents)
