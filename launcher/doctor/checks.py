@@ -19,10 +19,6 @@ SHM_PER_WORKER = 256 * MIB
 CHECKPOINT_FREE_WARN = 1 << 30
 # The variables gloo and NCCL read to pick the interface their sockets use.
 IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
-# An image reference as docker and containerd parse it: [registry[:port]/]path[:tag][@sha256:digest].
-_IMAGE = re.compile(r"^(?:(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?::\d+)?/)?"
-                    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
 _TASKS_PER_NODE = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
 Reach = Literal["local", "accepted", "refused", "timeout", "unreachable"]
@@ -155,12 +151,10 @@ def check_interfaces(interfaces: Mapping[str, str], environ: Mapping[str, str]) 
 
 
 def check_image(image: str | None) -> Check:
+    """The spec's checks refuse an image that is no reference (launcher.images); here: is one set at all."""
     if image is None:
         return warn("image", "no --image: the default gangrun:latest exists only where `gangrun build` ran",
                     "push the image to a registry the cluster pulls from and pass --image REGISTRY/gangrun:TAG")
-    if not _IMAGE.match(image):
-        return fail("image", f"'{image}' is not an image reference",
-                    "use [REGISTRY/]NAME[:TAG][@sha256:DIGEST], e.g. ghcr.io/me/gangrun:1.0")
     return ok("image", image)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from launcher.engines.k8s.manifests import COMPLETION_INDEX_ANNOTATION, PET_VARS, Form, Obj, form_of
 from launcher.engines.k8s.options import KINDS, K8sOptions
 from launcher.errors import SpecError
+from launcher.images import check_oci_reference
 from launcher.spec import JobSpec
 
 DNS_LABEL_MAX = 63
@@ -34,6 +35,8 @@ def check_spec(spec: JobSpec, k8s: K8sOptions) -> None:
         raise SpecError("k8s.checkpoint_budget_s", f"{k8s.checkpoint_budget_s} seconds", "use 1 or more")
     if k8s.gang_restarts < 0:
         raise SpecError("k8s.gang_restarts", f"{k8s.gang_restarts} is negative", "use 0 or more")
+    if spec.image is not None:
+        check_oci_reference(spec.image)
     pattern = _DNS_1035 if kind == "trainjob" else _DNS_LABEL
     if not pattern.match(name) or len(name) > DNS_LABEL_MAX:
         raise SpecError("name", f"'{name}' is not a DNS label for a {kind}",
