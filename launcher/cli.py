@@ -55,7 +55,7 @@ class _Arguments(Protocol):
 def _add_option(group: _Arguments, opt: Option, shown: bool, note: str = "") -> None:
     help_text = opt.help_line() + note if shown else argparse.SUPPRESS
     dest = _DEST + opt.path
-    if opt.is_mapping:
+    if opt.is_mapping or opt.is_list:
         group.add_argument(opt.flag, dest=dest, action="append", metavar=opt.meta.metavar or "KEY=VALUE",
                            help=help_text)
     elif opt.is_bool:

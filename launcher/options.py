@@ -62,6 +62,11 @@ class Option:
         return typing.get_origin(_base(self.hint)) is dict
 
     @property
+    def is_list(self) -> bool:
+        """A repeatable flag (``--mount A --mount B``), a TOML array in a profile."""
+        return typing.get_origin(_base(self.hint)) is tuple
+
+    @property
     def is_bool(self) -> bool:
         return _base(self.hint) is bool
 
@@ -75,7 +80,7 @@ class Option:
             default = self.meta.default_text
         elif self.is_bool:
             default = "on" if self.default else "off"
-        elif self.default in (None, {}, ""):
+        elif self.default in (None, {}, "", ()):
             default = "none"
         else:
             default = str(self.default)
@@ -93,6 +98,11 @@ class Option:
             if not isinstance(value, Mapping) or not all(isinstance(v, (str, int, float)) for v in value.values()):
                 raise SpecError(field_name, "is not a table of strings", f"write [{self.path}] KEY = \"value\"")
             return {str(k): str(v) for k, v in value.items()}
+        if typing.get_origin(base) is tuple:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, str) for v in value):
+                raise SpecError(field_name, "is not a list of strings", f"write {self.path} = [\"...\"]")
+            return tuple(value)
         if base is bool:
             if isinstance(value, bool):
                 return value

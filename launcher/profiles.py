@@ -76,7 +76,8 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 def environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     """Scalar fields set through ``GANGRUN_<PATH>`` variables (``GANGRUN_SLURM_PARTITION=gpu``)."""
     return {path: opt.coerce(environ[opt.env_var], f"${opt.env_var}: ")
-            for path, opt in all_options().items() if opt.env_var in environ and not opt.is_mapping}
+            for path, opt in all_options().items()
+            if opt.env_var in environ and not (opt.is_mapping or opt.is_list)}
 
 
 def _profile_path(profile: str | None, profile_file: Path | None,

@@ -68,6 +68,35 @@ def parse_env_pairs(pairs: list[str], field_name: str = "env") -> dict[str, str]
     return env
 
 
+@dataclass(frozen=True)
+class Mount:
+    """A host folder seen at ``target`` inside the container (``SRC:DST`` or ``SRC:DST:ro``)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+def parse_mount(text: str) -> Mount:
+    """``SRC:DST[:ro]``, both absolute; spaces and quotes are fine (they are quoted), separators are not."""
+    parts = text.split(":")
+    read_only = len(parts) == 3 and parts[2] == "ro"
+    if len(parts) not in (2, 3) or (len(parts) == 3 and not read_only):
+        raise SpecError("mount", f"'{text}' is not SRC:DST or SRC:DST:ro (a path may hold no ':')",
+                        "use e.g. --mount /data:/data")
+    source, target = parts[0], parts[1]
+    for path in (source, target):
+        if not path.startswith("/"):
+            raise SpecError("mount", f"'{path}' in '{text}' is not an absolute path", "use e.g. --mount /data:/data")
+        if "," in path or any(ord(c) < 32 for c in path):
+            raise SpecError("mount", f"'{path}' holds a ',' or a control character, which container runtimes "
+                            "read as separators", "rename the folder or bind one above it")
+    return Mount(source, target, read_only)
+
+
 def time_limit_seconds(text: str) -> int:
     """Seconds in a ``[D-]HH:MM:SS`` time limit; SpecError (field ``time``) for anything else.
 
@@ -122,7 +151,10 @@ class JobSpec:
         None, metavar="HOST:PORT", help="where every node's agent meets (c10d rendezvous)",
         default_text="a free loopback port locally; the allocation's first host on Slurm")
     image: str | None = option(None, help="the container image every node runs",
-                               default_text="gangrun:latest, the tag `gangrun build` makes")
+                               default_text="gangrun:latest on Kubernetes; bare metal on Slurm")
+    mounts: tuple[str, ...] = option((), flag="--mount", metavar="SRC:DST[:ro]",
+                                     help="a host folder every node's container sees at DST; repeat for more "
+                                          "(the job folder and the working directory are always bound)")
     gpus_per_node: int = option(0, metavar="G", help="GPUs each node asks the scheduler for")
     time: str | None = option(None, metavar="[D-]HH:MM:SS",
                               help="time limit of the whole job, after which the scheduler stops it")
@@ -172,6 +204,8 @@ class JobSpec:
                 raise SpecError("rdzv_endpoint", f"port in '{self.rdzv_endpoint}' is out of range", "use 1-65535")
         if self.time is not None:
             time_limit_seconds(self.time)
+        for mount in self.mounts:
+            parse_mount(mount)
         for key in ("rdzv_join_timeout", "rdzv_last_call_timeout", "store_timeout", "pg_timeout"):
             value = getattr(self, key)
             if value is not None and value < 1:

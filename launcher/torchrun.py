@@ -61,13 +61,14 @@ def torchrun_args(spec: JobSpec, rdzv: Rendezvous, log_dir: str | None = None) -
 
 
 def agent_flags(spec: JobSpec, stop_grace_s: int, status_dir: str | None = None,
-                verdict_to_launcher: bool = False) -> list[str]:
+                verdict_to_launcher: bool = False, pass_notice: bool = False) -> list[str]:
     """The agent's own flags, before torchrun's (launcher.agent.guard.split_agent_args reads them).
 
     ``stop_grace_s`` is how long the workers get to save after a stop signal: each engine's own
     budget for it (the local stop grace, Slurm's signal lead, the pod's checkpoint budget).
     ``status_dir`` is where the agent publishes its ranks for ``gangrun status`` and ``stacks``.
     ``verdict_to_launcher``: the launcher prints the job's verdict line, the agent only writes its own.
+    ``pass_notice``: the scheduler's notice reaches only the agent, which passes it to every worker.
     """
     flags = [f"--hang-timeout={spec.hang_timeout}", f"--stop-grace={stop_grace_s}"]
     if spec.pg_timeout is not None:
@@ -76,6 +77,8 @@ def agent_flags(spec: JobSpec, stop_grace_s: int, status_dir: str | None = None,
         flags.append(f"--status-dir={status_dir}")
     if verdict_to_launcher:
         flags.append("--verdict-to-launcher")
+    if pass_notice:
+        flags.append("--pass-notice")
     return flags
 
 

@@ -54,7 +54,7 @@ def test_every_option_of_every_engine_has_a_help_line_with_its_default() -> None
     (["run", "--image", "x:1", "x.py"], "--image", "--target k8s"),
     (["run", "--time", "01:00:00", "x.py"], "--time", "--target slurm"),
     (["render", "--target", "k8s", "--rdzv-endpoint", "h:1", "x.py"], "--rdzv-endpoint", "`gangrun run`"),
-    (["render", "--target", "slurm", "--image", "x:1", "x.py"], "--image", "--target k8s"),
+    (["render", "--target", "slurm", "--shm-size", "1Gi", "x.py"], "--shm-size", "Kubernetes"),
     (["submit", "--target", "slurm", "--namespace", "ml", "x.py"], "--namespace", "Kubernetes"),
     (["submit", "--target", "k8s", "--stop-grace", "5", "x.py"], "--stop-grace", "`gangrun run`"),
 ])

@@ -34,7 +34,8 @@ def two_by_eight() -> tuple[JobSpec, SlurmOptions]:
 def render(spec: JobSpec, options: SlurmOptions | None = None) -> str:
     options = options or SlurmOptions()
     options.validate(spec)
-    return render_sbatch(spec, options, Path("/shared/gangrun/slurm/train"), "/opt/venv/bin/python")
+    return render_sbatch(spec, options, Path("/shared/gangrun/slurm/train"), "/opt/venv/bin/python",
+                         Path("/home/me/project"))
 
 
 def shellcheck(text: str, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ A = "file"
 B = "file"
 [slurm]
 partition = "cpu"
+container_runtime = "podman"
 [profile.big]
 nnodes = "2:4"
 image = "big:1"

@@ -59,9 +59,13 @@ class AgentSettings:
     # The launcher that started this agent prints the job's verdict, from every node's (`gangrun run`):
     # the agent only writes its own to the status folder, so the console says it once.
     verdict_to_launcher: bool = False
+    # The scheduler's notice reaches only the agent (podman under Slurm: the workers run in the
+    # container's own process tree, outside the job step), so the agent passes it to every worker.
+    pass_notice: bool = False
 
 
-AGENT_FLAGS = ("--hang-timeout", "--stop-grace", "--status-dir", "--pg-timeout", "--verdict-to-launcher")
+AGENT_FLAGS = ("--hang-timeout", "--stop-grace", "--status-dir", "--pg-timeout", "--verdict-to-launcher",
+               "--pass-notice")
 
 
 def split_agent_args(argv: list[str]) -> tuple[AgentSettings, list[str]]:
@@ -74,7 +78,8 @@ def split_agent_args(argv: list[str]) -> tuple[AgentSettings, list[str]]:
     pg_timeout = values.get("--pg-timeout")
     return AgentSettings(HangTimeout.parse(values.get("--hang-timeout", str(AUTO))),
                          int(values.get("--stop-grace", "30")), values.get("--status-dir") or None,
-                         int(pg_timeout) if pg_timeout else None, "--verdict-to-launcher" in values), rest
+                         int(pg_timeout) if pg_timeout else None, "--verdict-to-launcher" in values,
+                         "--pass-notice" in values), rest
 
 
 def _exited(pid: int) -> bool:

@@ -65,12 +65,14 @@ class Hooks:
         return self.guard.watch(group, outputs)
 
     def _pass_on_notice(self, group: WorkerGroup) -> None:
-        """Workers started after the notice (it came during the rendezvous) never saw it: tell them."""
+        """Workers started after the notice (it came during the rendezvous) never saw it: tell them; every
+        worker, where the scheduler's notice reaches the agent alone (AgentSettings.pass_notice)."""
         if self.policy.notice is None:
             return
         for worker in group.workers:
             pid = worker.id
-            if isinstance(pid, int) and pid not in self._told and started_after(pid, self.policy.noticed_at):
+            if isinstance(pid, int) and pid not in self._told and (
+                    self.guard.settings.pass_notice or started_after(pid, self.policy.noticed_at)):
                 self._told.add(pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, self.policy.notice)

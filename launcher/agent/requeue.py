@@ -12,7 +12,8 @@ torch 2.14 and a worker that saves and exits 75 on USR2 (tests/test_agent_signal
   and trains on inside an allocation about to end; the engine never gets to requeue.
 So the agent notes USR2 and carries on, and a worker's 75 ends the run with 75, restarts or not.
 The agent does not pass USR2 on to workers that were running: Slurm already signals every worker.
-Workers it starts after the notice (it came during the rendezvous) get it from the agent.
+Workers it starts after the notice (it came during the rendezvous) get it from the agent, and so
+does every worker where the notice reaches the agent alone (``--pass-notice``: podman under Slurm).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class SlurmEngine:
     name = "slurm"
     title = "Slurm"
     options = SlurmOptions
-    reads = CORE_FIELDS | {"rdzv_endpoint", "gpus_per_node", "time"}
+    reads = CORE_FIELDS | {"rdzv_endpoint", "gpus_per_node", "time", "image", "mounts"}
     # sbatch runs the job in the folder it was called from, which the compute nodes see too.
     program_is_here = True
 
@@ -36,7 +36,7 @@ class SlurmEngine:
         options.validate(spec)
 
     def render(self, spec: JobSpec, options: SlurmOptions) -> str:
-        return render_sbatch(spec, options, job_folder(spec, options), python_for(options))
+        return render_sbatch(spec, options, job_folder(spec, options), python_for(options), Path.cwd())
 
     def submit(self, spec: JobSpec, options: SlurmOptions) -> JobHandle:
         return submit_job(self.render(spec, options), spec, options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from launcher.engines.slurm.containers import check_container
 from launcher.errors import SpecError
 from launcher.options import option
 from launcher.spec import JobSpec, time_limit_seconds
@@ -47,7 +48,10 @@ class SlurmOptions:
                                       "see the same path", default_text="~/.gangrun/slurm/NAME")
     python: str | None = option(None, metavar="PATH",
                                 help="the Python on the compute nodes that has gangrun and torch",
-                                default_text="the Python running gangrun")
+                                default_text="the Python running gangrun; python in a container")
+    container_runtime: str | None = option(
+        None, metavar="NAME", help="run each node's agent in --image with pyxis (srun --container-image), "
+                                   "apptainer, charliecloud (ch-run) or podman", default_text="none: bare metal")
 
     def validate(self, spec: JobSpec) -> None:
         """Check what sbatch would read, so a bad value stops here and nothing is submitted."""
@@ -70,6 +74,7 @@ class SlurmOptions:
             if value is not None and not _SAFE_PATH.match(value):
                 raise SpecError(f"slurm.{name}", f"'{value}' has spaces, quotes or shell characters",
                                 "use a plain path")
+        check_container(spec, self.container_runtime)
         if spec.time is not None and self.requeue and time_limit_seconds(spec.time) <= self.signal_grace_s:
             raise SpecError("slurm.signal_grace_s", f"{self.signal_grace_s} s is not shorter than --time {spec.time}",
                             "ask for more time or a shorter --signal-grace")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from launcher import __version__
 from launcher.contract import EXIT_REQUEUE, NOTICE_SIGNAL
+from launcher.engines.slurm.containers import CONTAINER_PYTHON, binds, quoted, srun_flags, wrapper
 from launcher.engines.slurm.options import SlurmOptions
 from launcher.spec import JobSpec
 from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
@@ -107,7 +108,9 @@ def agent_command(spec: JobSpec, python: str, options: SlurmOptions, files: JobF
     else:
         rdzv = Rendezvous("c10d", HEAD_NODE, RDZV_PORT, JOB_ID)
     # The workers save within the signal's lead on the time limit.
-    args = [*agent_flags(spec, options.signal_grace_s, status_dir(files)), *torchrun_args(spec, rdzv)]
+    # Under podman the workers live in the container's own process tree, which Slurm's notice misses.
+    args = [*agent_flags(spec, options.signal_grace_s, status_dir(files),
+                         pass_notice=options.container_runtime == "podman"), *torchrun_args(spec, rdzv)]
     split = len(args) - len(spec.entrypoint.argv())
     # The entrypoint's own arguments are always literal: only torchrun's flags name our variables.
     return ([*map(shlex.quote, agent_launch(python)), *map(shell_word, args[:split])],
@@ -143,18 +146,30 @@ def requeue_block(options: SlurmOptions) -> list[str]:
     ]
 
 
-def render_sbatch(spec: JobSpec, options: SlurmOptions, folder: Path, python: str) -> str:
-    """The whole batch script for ``spec``, writing its logs under ``folder`` (validated input)."""
+def render_sbatch(spec: JobSpec, options: SlurmOptions, folder: Path, python: str, workdir: Path) -> str:
+    """The whole batch script for ``spec``, writing its logs under ``folder`` (validated input).
+
+    ``workdir`` is where sbatch runs the job (the submitting folder), bound into a container runtime's image.
+    """
     files = JobFiles(folder)
+    runtime = options.container_runtime
+    python = options.python or CONTAINER_PYTHON if runtime else python
     launcher_and_flags, program = agent_command(spec, python, options, files)
     launch = len(agent_launch(python))
-    command = [" ".join(srun_command(options, files)), " ".join(launcher_and_flags[:launch]),
+    srun = srun_command(options, files)
+    inside: list[str] = []
+    if runtime is not None:
+        mounts = binds(spec, folder, workdir)
+        srun += quoted(srun_flags(runtime, spec, mounts, workdir))
+        inside = quoted(wrapper(runtime, spec, mounts, workdir, list(environment(spec, options))))
+    command = [" ".join(srun), *([" ".join(inside)] if inside else []), " ".join(launcher_and_flags[:launch]),
                *launcher_and_flags[launch:],
                " ".join(program)]
     return "\n".join([
         "#!/bin/bash",
         SHELLCHECK_LITERALS,
-        f"# gangrun {__version__}: {spec.job_name}, {spec.nnodes} node(s) x {spec.nproc_per_node} process(es).",
+        f"# gangrun {__version__}: {spec.job_name}, {spec.nnodes} node(s) x {spec.nproc_per_node} process(es)"
+        + (f", in {spec.image} ({runtime})." if runtime else "."),
         *sbatch_directives(spec, options, files),
         "",
         "# Every rank meets on the allocation's first host (never a silent localhost).",
