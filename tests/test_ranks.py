@@ -79,15 +79,17 @@ def test_nodes_share_one_hang_call_and_every_nodes_views(tmp_path: Path) -> None
 def test_where_py_spy_cannot_attach_the_programs_own_faulthandler_answers(tmp_path: Path) -> None:
     program = ("import sys, time\nsys.path.insert(0, sys.argv[1])\nfrom train.progress import Progress\n"
                "progress = Progress({'GANGRUN_PROGRESS_DIR': sys.argv[2], 'RANK': '0'})\n"
-               "def waiting_here():\n    time.sleep(60)\nwaiting_here()\n")
+               "def waiting_here():\n    open(sys.argv[2] + '/ready', 'w').close()\n    time.sleep(60)\n"
+               "waiting_here()\n")
     rank = subprocess.Popen([sys.executable, "-c", program, str(Path(__file__).parent.parent), str(tmp_path)])
     try:
         deadline = time.monotonic() + 20
-        while not (tmp_path / "rank0").exists():
+        # Only once it sits in waiting_here: the progress file alone comes before (seen under load).
+        while not (tmp_path / "ready").exists():
             assert time.monotonic() < deadline
             time.sleep(0.05)
         text = faulthandler_dump(rank.pid, tmp_path / "rank0.stacks")
     finally:
         rank.kill()
-    assert text is not None and 'line 6 in waiting_here' in text
+    assert text is not None and 'line 7 in waiting_here' in text
     assert main_thread(parse_threads(text))[0].function == "waiting_here"
