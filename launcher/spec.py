@@ -153,8 +153,8 @@ class JobSpec:
     image: str | None = option(None, help="the container image every node runs",
                                default_text="gangrun:latest on Kubernetes; bare metal on Slurm")
     mounts: tuple[str, ...] = option((), flag="--mount", metavar="SRC:DST[:ro]",
-                                     help="a host folder every node's container sees at DST; repeat for more "
-                                          "(the job folder and the working directory are always bound)")
+                                     help="a host folder every node's container sees at DST (a bind on Slurm, a "
+                                          "hostPath on Kubernetes); repeat for more")
     gpus_per_node: int = option(0, metavar="G", help="GPUs each node asks the scheduler for")
     time: str | None = option(None, metavar="[D-]HH:MM:SS",
                               help="time limit of the whole job, after which the scheduler stops it")

@@ -33,7 +33,8 @@ BUILTIN_KINDS = {"Service", "Job"}
 GPU_FLAGS = ("--name llm-pretrain --nnodes 4 --nproc-per-node 8 --gpus-per-node 8 --image registry.example/gangrun:1.0 "
              "--namespace ml --cpu 32 --memory 512Gi --shm-size 64Gi --time 2-00:00:00 --gang-restarts 3 "
              "--checkpoint-pvc llm-checkpoints --toleration nvidia.com/gpu=NoSchedule --node-selector pool=h100 "
-             "--secret-env AWS_ACCESS_KEY_ID=s3-creds:access-key --env NCCL_DEBUG=WARN -m train --config gpt-tiny "
+             "--secret-env AWS_ACCESS_KEY_ID=s3-creds:access-key --env NCCL_DEBUG=WARN --mount /data/tokens:/data:ro "
+             "-m train --config gpt-tiny "
              "train.global_batch_size=256 train.micro_batch_size=8 output_dir=/checkpoints/llm")
 
 

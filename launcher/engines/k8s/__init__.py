@@ -21,7 +21,7 @@ class KubernetesEngine:
     title = "Kubernetes"
     options = K8sOptions
     # No rdzv_endpoint: every pod meets rank 0's pod by its DNS name (the PET_* contract).
-    reads = CORE_FIELDS | {"image", "gpus_per_node", "time"}
+    reads = CORE_FIELDS | {"image", "gpus_per_node", "time", "mounts"}
     # The program is the image's: only the shipped one, the same here, is checked before a submission.
     program_is_here = False
 

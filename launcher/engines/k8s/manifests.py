@@ -18,7 +18,7 @@ from typing import Any
 from launcher.build import DEFAULT_IMAGE
 from launcher.contract import EXIT_BAD_INPUT
 from launcher.engines.k8s.options import K8sOptions
-from launcher.spec import JobSpec, time_limit_seconds
+from launcher.spec import JobSpec, parse_mount, time_limit_seconds
 from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
 
 Obj = dict[str, Any]
@@ -132,12 +132,17 @@ def resources(spec: JobSpec, k8s: K8sOptions) -> Obj:
 
 
 def volumes(spec: JobSpec, k8s: K8sOptions) -> tuple[list[Obj], list[Obj]]:
-    """(pod volumes, container mounts): always /dev/shm in memory, plus the checkpoint PVC if given."""
+    """(pod volumes, container mounts): always /dev/shm in memory, the checkpoint PVC if given, and each
+    --mount as a hostPath of the node (the same folder on every node, as a bind is on Slurm)."""
     vols: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shm_size}}]
     mounts: list[Obj] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if k8s.checkpoint_pvc:
         vols.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": k8s.checkpoint_pvc}})
         mounts.append({"name": "checkpoints", "mountPath": k8s.checkpoint_mount})
+    for index, mount in enumerate(map(parse_mount, spec.mounts)):
+        name = f"mount-{index}"
+        vols.append({"name": name, "hostPath": {"path": mount.source, "type": "Directory"}})
+        mounts.append({"name": name, "mountPath": mount.target, **({"readOnly": True} if mount.read_only else {})})
     return vols, mounts
 
 
