@@ -47,6 +47,36 @@ class BuildPlan:
         return [self.engine, "push", self.tag]
 
 
+# The image formats Slurm's container runtimes read, and the tool that makes each from the built tag.
+EXPORTS = {"charliecloud": "ch-convert", "apptainer": "apptainer", "enroot": "enroot"}
+
+
+def export_argvs(engine: str, tag: str, fmt: str, dest: Path) -> list[list[str]]:
+    """The commands that turn the built ``tag`` into ``fmt`` at ``dest``, read from the engine's own store.
+
+    Apptainer reads docker's daemon directly, podman's only through an OCI archive written beside DEST.
+    """
+    if fmt == "charliecloud":
+        return [["ch-convert", "-i", engine, tag, str(dest)]]
+    if fmt == "enroot":
+        return [["enroot", "import", "-o", str(dest), f"{'dockerd' if engine == 'docker' else 'podman'}://{tag}"]]
+    if engine == "docker":
+        return [["apptainer", "build", str(dest), f"docker-daemon://{tag}"]]
+    archive = dest.with_name(dest.name + ".oci.tar")
+    return [["podman", "save", "--format", "oci-archive", "-o", str(archive), tag],
+            ["apptainer", "build", str(dest), f"oci-archive://{archive}"]]
+
+
+def check_export(fmt: str, dest: Path, which: Callable[[str], str | None] = shutil.which) -> None:
+    """Before building: the export's tool is here, and DEST would overwrite nothing."""
+    tool = EXPORTS[fmt]
+    if which(tool) is None:
+        raise SpecError("export", f"{tool} is not on PATH, and it makes {fmt} images",
+                        f"install {fmt}, or export on a machine that has it (the README says how by hand)")
+    if dest.exists():
+        raise SpecError("export", f"{dest} exists", "remove it or pick another DEST; nothing is overwritten")
+
+
 def find_engine(which: Callable[[str], str | None] = shutil.which) -> str:
     for engine in ENGINES:
         if which(engine):
@@ -75,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, help="docker or podman (default: the first found)")
     parser.add_argument("--base-image", help="BASE_IMAGE build argument (default: the Dockerfile's CUDA image)")
     parser.add_argument("--context", type=Path, default=Path("."), help="repository root (default .)")
+    parser.add_argument("--export", nargs=2, metavar=("FORMAT", "DEST"),
+                        help=f"after building, convert the image for a Slurm runtime: {', '.join(EXPORTS)} "
+                             "(a ch-convert directory, an apptainer .sif, an enroot .sqsh)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands; run nothing")
     parser.add_argument("build_args", nargs="*", metavar="-- ENGINE_ARG",
                         help="passed to `<engine> build` as is (after --), e.g. -- --pull=never")
@@ -93,6 +126,13 @@ def run_build(args: argparse.Namespace) -> int:
     """Build (and push); with --dry-run print the commands instead. Returns the engine's exit status."""
     plan = plan_from_args(args)
     commands = [plan.build_argv(), *([plan.push_argv()] if args.push else [])]
+    if args.export is not None:
+        fmt, dest = args.export[0], Path(args.export[1]).absolute()
+        if fmt not in EXPORTS:
+            raise SpecError("export", f"'{fmt}' is not a format gangrun exports", f"use one of: {', '.join(EXPORTS)}")
+        if not args.dry_run:
+            check_export(fmt, dest)
+        commands += export_argvs(plan.engine, plan.tag, fmt, dest)
     for argv in commands:
         print(shlex.join(argv), flush=True)
         if not args.dry_run:
