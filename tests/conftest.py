@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.podman import Podman, build_image, ensure_podman
+from tests.podman import Podman, build_image, charliecloud_image, ensure_podman
 from tests.s3_server import S3Server, running_s3_server
 from tests.slurm_cluster import SlurmCluster, start_cluster
 
@@ -92,3 +92,10 @@ def podman_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Podman, str]
     workdir = tmp_path_factory.mktemp("podman")
     podman = ensure_podman(workdir)
     return podman, build_image(podman, workdir)
+
+
+@pytest.fixture(scope="session")
+def charliecloud_dir(podman_image: tuple[Podman, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project image as a Charliecloud directory under /tmp (ch-run binds the host's /tmp)."""
+    podman, _ = podman_image
+    return charliecloud_image(podman, tmp_path_factory.mktemp("charliecloud"))

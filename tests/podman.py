@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.provision import BASE_IMAGE, PODMAN_PROGRAMS, base_image_exists, podman_env
+from tests.provision import BASE_IMAGE, CHARLIECLOUD_PROGRAMS, PODMAN_PROGRAMS, base_image_exists, podman_env
 from tests.system import require_programs, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,3 +71,18 @@ def build_image(podman: Podman, workdir: Path) -> str:
         env=podman.env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"image build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return IMAGE
+
+
+def charliecloud_image(podman: Podman, workdir: Path) -> Path:
+    """The project image as a Charliecloud directory, made by `gangrun build --export charliecloud` (the build
+    itself comes from podman's layer cache once build_image ran)."""
+    require_programs(CHARLIECLOUD_PROGRAMS, "the Charliecloud job converts and runs the project image")
+    context = build_context(workdir)
+    dest = workdir / "charliecloud-image"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", "build", "--engine", "podman", "--context", str(context),
+         "--tag", IMAGE, "--base-image", BASE_IMAGE, "--export", "charliecloud", str(dest),
+         "--", "--pull=never", "--network=host"],
+        env={**podman.env, "USER": podman.env.get("USER", "root")}, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"export failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return dest

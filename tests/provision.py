@@ -30,6 +30,8 @@ SLURM_PROGRAMS = {
 }
 # catatonit is the pause process of every `podman pod`; runc because crun fails here (tests/podman.py).
 PODMAN_PROGRAMS = {"podman": "podman", "runc": "runc", "catatonit": "catatonit"}
+# A Slurm job in the project image (tests/test_slurm_charliecloud.py): ch-run, and ch-convert to make it.
+CHARLIECLOUD_PROGRAMS = {"ch-run": "charliecloud-runtime", "ch-convert": "charliecloud-builders"}
 # Only provisioning needs debootstrap: it makes the base image below.
 PROVISION_PROGRAMS = {"debootstrap": "debootstrap"}
 
@@ -137,7 +139,7 @@ def say(line: str) -> None:
 def provision(install: bool) -> list[str]:
     """Bring what is missing (when install), then return one line per thing still missing."""
     problems: list[str] = []
-    wanted = {**SLURM_PROGRAMS, **PODMAN_PROGRAMS, **PROVISION_PROGRAMS}
+    wanted = {**SLURM_PROGRAMS, **PODMAN_PROGRAMS, **CHARLIECLOUD_PROGRAMS, **PROVISION_PROGRAMS}
 
     missing = missing_programs(wanted)
     if missing and install:

@@ -106,5 +106,13 @@ def wrapper(runtime: str, spec: JobSpec, mounts: list[Mount], workdir: Path, env
     return []
 
 
+def setup_lines(runtime: str | None) -> list[str]:
+    """Lines the batch script runs before srun for ``runtime``."""
+    if runtime == "charliecloud":
+        # ch-run refuses to start without $USER, which a batch job's environment may lack.
+        return ['export USER="${USER:-$(id -un)}"']
+    return []
+
+
 def quoted(words: list[str]) -> list[str]:
     return [shlex.quote(word) for word in words]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from launcher import __version__
 from launcher.contract import EXIT_REQUEUE, NOTICE_SIGNAL
-from launcher.engines.slurm.containers import CONTAINER_PYTHON, binds, quoted, srun_flags, wrapper
+from launcher.engines.slurm.containers import CONTAINER_PYTHON, binds, quoted, setup_lines, srun_flags, wrapper
 from launcher.engines.slurm.options import SlurmOptions
 from launcher.spec import JobSpec
 from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
@@ -184,6 +184,7 @@ def render_sbatch(spec: JobSpec, options: SlurmOptions, folder: Path, python: st
         ' rendezvous ${head_node}:${rdzv_port}"',
         "",
         *(f"export {key}={shlex.quote(value)}" for key, value in environment(spec, options).items()),
+        *setup_lines(runtime),
         "",
         "# One task per node, each a torchrun agent: gangrun's, which exits with the first failed",
         f"# worker's code instead of 1. Slurm's {NOTICE} reaches every worker; the agent outlives it.",
