@@ -151,7 +151,7 @@ class JobSpec:
         None, metavar="HOST:PORT", help="where every node's agent meets (c10d rendezvous)",
         default_text="a free loopback port locally; the allocation's first host on Slurm")
     image: str | None = option(None, help="the container image every node runs",
-                               default_text="gangrun:latest on Kubernetes; bare metal on Slurm")
+                               default_text="bare metal locally and on Slurm; gangrun:latest on Kubernetes")
     mounts: tuple[str, ...] = option((), flag="--mount", metavar="SRC:DST[:ro]",
                                      help="a host folder every node's container sees at DST (a bind on Slurm, a "
                                           "hostPath on Kubernetes); repeat for more")

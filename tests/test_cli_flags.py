@@ -23,7 +23,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 def test_run_help_shows_no_cluster_option_and_every_line_explains_its_flag() -> None:
     text = command_help("run", "local")
-    for flag in [*engine_flags("slurm"), *engine_flags("k8s"), "--image", "--time", "--gpus-per-node", "--target"]:
+    for flag in [*engine_flags("slurm"), *engine_flags("k8s"), "--time", "--gpus-per-node", "--target"]:
         assert f"{flag} " not in text and f"{flag}," not in text, f"`gangrun run --help` lists {flag}"
     for opt in [*options_of(JobSpec), *options_of(ENGINES["local"].options, "local")]:
         if opt.path in ENGINES["local"].reads or opt.path.startswith("local."):
@@ -51,7 +51,7 @@ def test_every_option_of_every_engine_has_a_help_line_with_its_default() -> None
 @pytest.mark.parametrize("argv, flag, owner", [
     (["run", "--partition", "gpu", "x.py"], "--partition", "Slurm"),
     (["run", "--kind", "jobset", "x.py"], "--kind", "Kubernetes"),
-    (["run", "--image", "x:1", "x.py"], "--image", "--target k8s"),
+    (["run", "--gpus-per-node", "1", "x.py"], "--gpus-per-node", "--target k8s"),
     (["run", "--time", "01:00:00", "x.py"], "--time", "--target slurm"),
     (["render", "--target", "k8s", "--rdzv-endpoint", "h:1", "x.py"], "--rdzv-endpoint", "`gangrun run`"),
     (["render", "--target", "slurm", "--shm-size", "1Gi", "x.py"], "--shm-size", "Kubernetes"),

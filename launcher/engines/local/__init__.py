@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 from launcher.engines.base import CORE_FIELDS
 from launcher.engines.local import jobs
+from launcher.engines.local.container import check_local_image
 from launcher.engines.local.options import LocalOptions
-from launcher.engines.local.render import render_text
+from launcher.engines.local.render import container_run, render_text
 from launcher.engines.local.run import run_local
 from launcher.jobs import JobHandle
 from launcher.spec import JobSpec
@@ -17,14 +18,15 @@ class LocalEngine:
     name = "local"
     title = "local"
     options = LocalOptions
-    reads = CORE_FIELDS | {"rdzv_endpoint"}
+    reads = CORE_FIELDS | {"rdzv_endpoint", "image", "mounts"}
     program_is_here = True
 
     def validate(self, spec: JobSpec, options: LocalOptions) -> None:
         options.validate(spec)
+        check_local_image(spec)
 
     def render(self, spec: JobSpec, options: LocalOptions) -> str:
-        return render_text(spec, options.stop_grace_s)
+        return render_text(spec, options.stop_grace_s, container_run(spec))
 
     def run(self, spec: JobSpec, options: LocalOptions) -> int:
         return run_local(spec, options)

@@ -23,7 +23,7 @@ from launcher.contract import (
 )
 from launcher.engines.local.jobs import CONSOLE, job_verdict, new_handle, record_exit
 from launcher.engines.local.options import LocalOptions
-from launcher.engines.local.render import LOOPBACK, render_local
+from launcher.engines.local.render import LOOPBACK, container_run, render_local
 from launcher.spec import JobSpec
 from launcher.verdict import Verdict, render
 
@@ -67,7 +67,8 @@ def run_local(spec: JobSpec, options: LocalOptions) -> int:
     handle = new_handle(run_id, spec.job_name, spec.nnodes.max)
     print(f"gangrun: run {handle.id} (gangrun status|logs|stacks {handle.id}); folder {handle.folder}",
           file=sys.stderr, flush=True)
-    commands = render_local(spec, free_port(), run_id, stop_grace_s=options.stop_grace_s, folder=handle.folder)
+    commands = render_local(spec, free_port(), run_id, stop_grace_s=options.stop_grace_s, folder=handle.folder,
+                            container=container_run(spec))
     code = EXIT_OK
     verdict: Verdict | None = None
     with (Path(handle.folder) / CONSOLE).open("ab") as log, Forwarder(noted) as forwarder:
