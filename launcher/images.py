@@ -21,6 +21,8 @@ OCI_REFERENCE = re.compile(
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?$")
 # docker and containerd read a first component as a registry only with a '.', a ':' or as localhost.
 _REGISTRY_HINT = re.compile(r"[.:]|^localhost$|^\[")
+# Inside an image its own interpreter runs the agent (every runtime, locally and on Slurm).
+IMAGE_PYTHON = "python"
 # 255 characters at most for the name part (reference.go NameTotalLengthMax).
 NAME_MAX = 255
 

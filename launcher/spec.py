@@ -97,6 +97,12 @@ def parse_mount(text: str) -> Mount:
     return Mount(source, target, read_only)
 
 
+def bind_mounts(folders: list[str], mounts: tuple[str, ...]) -> list[Mount]:
+    """What a container of the job sees: ``folders`` at their own paths, then each ``--mount``; one per target."""
+    found = {m.target: m for m in (*(Mount(f, f) for f in folders), *map(parse_mount, mounts))}
+    return list(found.values())
+
+
 def time_limit_seconds(text: str) -> int:
     """Seconds in a ``[D-]HH:MM:SS`` time limit; SpecError (field ``time``) for anything else.
 

@@ -14,10 +14,9 @@ from collections.abc import Callable
 
 from launcher.errors import SpecError
 from launcher.images import check_oci_reference
-from launcher.spec import JobSpec, Mount, parse_mount
+from launcher.spec import JobSpec, bind_mounts
 
 ENGINES = ("podman", "docker")
-CONTAINER_PYTHON = "python"
 
 
 def container_engine(which: Callable[[str], str | None] = shutil.which) -> str:
@@ -36,17 +35,11 @@ def check_local_image(spec: JobSpec) -> None:
                         "add --image, or drop --mount")
 
 
-def binds(spec: JobSpec, folders: list[str]) -> list[Mount]:
-    """``folders`` at their own paths, then every --mount (one per target)."""
-    found = {m.target: m for m in (*(Mount(f, f) for f in folders), *map(parse_mount, spec.mounts))}
-    return list(found.values())
-
-
 def container_prefix(engine: str, spec: JobSpec, name: str, folders: list[str], workdir: str,
                      env_keys: list[str], user: str) -> list[str]:
     """The words before the agent's: ``podman run ... IMAGE``; the agent's env is passed by name."""
     assert spec.image is not None  # check_local_image
-    volumes = [word for m in binds(spec, [*folders, workdir]) for word in ("-v", str(m))]
+    volumes = [word for m in bind_mounts([*folders, workdir], spec.mounts) for word in ("-v", str(m))]
     env = [word for key in env_keys for word in ("--env", key)]
     # --pid host: torchrun's c10d rendezvous tells nodes apart by host name and pid, and every container
     # on this machine has the host's name and, in a pid namespace of its own, the same pid for its agent:

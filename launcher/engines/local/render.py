@@ -8,7 +8,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from launcher.engines.local.container import CONTAINER_PYTHON, container_engine, container_prefix
+from launcher.engines.local.container import container_engine, container_prefix
+from launcher.images import IMAGE_PYTHON
 from launcher.spec import JobSpec
 from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
 
@@ -84,7 +85,7 @@ def render_local(
         if container is not None:
             prefix = container_prefix(container.engine, spec, f"gangrun-{run_id}-node{node}",
                                       [folder] if folder else [], container.workdir, list(env), container.user)
-        launch = agent_launch(CONTAINER_PYTHON if container is not None else python)
+        launch = agent_launch(IMAGE_PYTHON if container is not None else python)
         commands.append(AgentCommand(node, [*prefix, *launch, *flags, *torchrun_args(spec, rdzv, logs)], env))
     return commands
 

@@ -14,11 +14,9 @@ from pathlib import Path
 
 from launcher.errors import SpecError
 from launcher.images import check_oci_reference, is_oci_reference
-from launcher.spec import JobSpec, Mount, parse_mount
+from launcher.spec import JobSpec, Mount
 
 RUNTIMES = ("pyxis", "apptainer", "charliecloud", "podman")
-# Inside an image its own interpreter runs the agent, unless --python names another.
-CONTAINER_PYTHON = "python"
 # What the agent and `gangrun doctor` read of the allocation; podman passes only what it is told.
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NODEID",
               "SLURM_PROCID", "SLURM_RESTART_COUNT", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
@@ -67,15 +65,6 @@ def check_container(spec: JobSpec, runtime: str | None) -> None:
     if spec.image is None:
         raise SpecError("image", f"is needed by --container-runtime {runtime}", "add --image IMAGE")
     check_image(runtime, spec.image)
-
-
-def binds(spec: JobSpec, folder: Path, workdir: Path) -> list[Mount]:
-    """The job folder and the working directory at their own paths, then every --mount (one per target)."""
-    found: dict[str, Mount] = {}
-    for mount in (Mount(str(folder), str(folder)), Mount(str(workdir), str(workdir)),
-                  *map(parse_mount, spec.mounts)):
-        found[mount.target] = mount
-    return list(found.values())
 
 
 def srun_flags(runtime: str, spec: JobSpec, mounts: list[Mount], workdir: Path) -> list[str]:

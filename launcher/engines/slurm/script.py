@@ -9,9 +9,10 @@ from pathlib import Path
 
 from launcher import __version__
 from launcher.contract import EXIT_REQUEUE, NOTICE_SIGNAL
-from launcher.engines.slurm.containers import CONTAINER_PYTHON, binds, quoted, setup_lines, srun_flags, wrapper
+from launcher.engines.slurm.containers import quoted, setup_lines, srun_flags, wrapper
 from launcher.engines.slurm.options import SlurmOptions
-from launcher.spec import JobSpec
+from launcher.images import IMAGE_PYTHON
+from launcher.spec import JobSpec, bind_mounts
 from launcher.torchrun import Rendezvous, agent_flags, agent_launch, torchrun_args
 
 # Without "B:", Slurm sends the notice to every process of every step, so each worker gets it
@@ -153,13 +154,14 @@ def render_sbatch(spec: JobSpec, options: SlurmOptions, folder: Path, python: st
     """
     files = JobFiles(folder)
     runtime = options.container_runtime
-    python = options.python or CONTAINER_PYTHON if runtime else python
+    # In an image its own interpreter, unless --python names another.
+    python = options.python or IMAGE_PYTHON if runtime else python
     launcher_and_flags, program = agent_command(spec, python, options, files)
     launch = len(agent_launch(python))
     srun = srun_command(options, files)
     inside: list[str] = []
     if runtime is not None:
-        mounts = binds(spec, folder, workdir)
+        mounts = bind_mounts([str(folder), str(workdir)], spec.mounts)
         srun += quoted(srun_flags(runtime, spec, mounts, workdir))
         inside = quoted(wrapper(runtime, spec, mounts, workdir, list(environment(spec, options))))
     command = [" ".join(srun), *([" ".join(inside)] if inside else []), " ".join(launcher_and_flags[:launch]),
