@@ -125,14 +125,20 @@ def local_folder(location: str) -> Path | None:
     return None if "://" in location else Path(location)
 
 
+def nearest_existing(path: Path) -> Path:
+    """The folder itself or, when the program has yet to make it, the ancestor it will be made in."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
 def unwritable(folder: Path) -> str | None:
     """Why ``folder`` (made if missing, by whoever writes first) cannot be written, or None when it can.
 
     Only looked at, never written: a check leaves nothing behind.
     """
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(folder.absolute())
     if not existing.is_dir():
         return f"'{existing}' is a file, not a folder"
     stat = os.statvfs(existing)

@@ -8,16 +8,11 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from launcher.agent.oom import OomWatch
-from launcher.contract import EXIT_HANG, EXIT_REQUEUE, exit_status
+from launcher.contract import EXIT_HANG, EXIT_REQUEUE
 from launcher.verdict import Verdict, classify, first_failure, from_returncode
 
 # Enough of a worker's stderr for its last traceback (a CUDA OOM's runs to a few KiB).
 STDERR_TAIL_BYTES = 64 * 1024
-
-
-def worker_exit_code(exitcode: int) -> int:
-    """A worker's exit code as a process exit status (signals become 128 + N; never 0)."""
-    return exit_status(exitcode) or 1
 
 
 def _stderr_tail(path: Path | None) -> str:

@@ -18,6 +18,7 @@ from launcher.doctor.checks import check_same_everywhere
 from launcher.doctor.result import Check, exit_code, fail, ok, warn
 from launcher.engines.slurm.script import PORT_BASE, PORT_SPAN
 from launcher.errors import SpecError
+from launcher.preflight import program_facts as facts_of
 from launcher.profiles import resolve
 from launcher.spec import Entrypoint, JobSpec
 
@@ -102,12 +103,6 @@ def program_facts(spec: JobSpec, has_entry: bool) -> tuple[list[str], int, list[
     """(locations the program writes, its DataLoader workers, what asking it found), from its check mode."""
     if not has_entry:
         return [], 0, []
-    try:
-        # Lazily: the program's check mode is asked only when doctor was given ENTRY.
-        from launcher.preflight import program_facts as facts_of
-    except ImportError:
-        return [], 0, [warn("program", "this gangrun cannot ask the program which folders it writes",
-                            "name them with --checkpoint URL")]
     try:
         facts = facts_of(spec)
     except SpecError as err:

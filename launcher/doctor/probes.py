@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.doctor.checks import Reach
+from launcher.preflight import nearest_existing
 
 SHM = "/dev/shm"
 # ioctl(2) request for an interface's IPv4 address (linux/sockios.h); the stdlib has no call for it.
@@ -120,14 +121,6 @@ class LocationProbe:
     location: str
     free: int | None
     error: str | None
-
-
-def nearest_existing(path: Path) -> Path:
-    """The folder itself or, when the program has yet to make it, the ancestor it will be made in."""
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path("/")
 
 
 def probe_location(location: str) -> LocationProbe:
