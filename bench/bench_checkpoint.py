@@ -1,42 +1,88 @@
-"""Prints, side by side in one run on 2 ranks: our checkpoint save's MB/s vs a raw write + fsync of the
-same bytes, and how long an async save blocks training vs a synchronous save. Nothing here asserts.
+"""Checkpoint I/O side by side in one run: save and load vs raw I/O of the same bytes; what async saves cost training.
 
-The state is a FSDP-sharded transformer plus AdamW state, about 200 MB in all (``--d-model``,
-``--layers`` change it), saved through the training program's own Checkpointer with commit and pruning.
+Per repeat, interleaved: a raw write+fsync of every rank's shard bytes, our synchronous save (the
+training program's Checkpointer: DCP, commit, pruning), a raw read of those bytes into the tensors,
+our load of that checkpoint (both reads from the disk: the files are dropped from the page cache
+first), K plain training steps, and an async save followed by the same K steps
+and the wait for its commit. "Blocked" is what the async save added to those K steps' wall time,
+its call included, so work it steals from training later counts too. Medians of the repeats.
 
-usage: python bench/bench_checkpoint.py [--dir PATH_OR_URL] [--repeats R] [--d-model D] [--layers L]
+The state is a FSDP-sharded transformer plus AdamW state, about 184 MB in all (``--d-model``,
+``--layers`` change it), on 2 ranks (on a 2-core machine the checkpoint process competes with
+training for the cores) and on 1 rank (the spare core shows the cost without that contention).
+``--s3`` adds the same save and load against moto's S3 server on loopback, beside a raw upload and
+download of the same bytes. Nothing here asserts.
+
+usage: python bench/bench_checkpoint.py [--repeats R] [--ranks 2 1] [--s3] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.results import Row, read_rows, write_rows  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", help="checkpoint folder (default: a new temporary folder)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--d-model", type=int, default=512)
     parser.add_argument("--layers", type=int, default=5)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--s3", action="store_true", help="also save to and load from moto's S3 server")
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--s3-url", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
-def launch(args: argparse.Namespace) -> int:
-    """Run this file's worker half on 2 ranks under gangrun, as training would run."""
-    folder = args.dir or tempfile.mkdtemp(prefix="bench-checkpoint-")
-    argv = [str(BIN / "gangrun"), "run", "--nproc-per-node", "2", __file__, "--worker", "--dir", folder,
-            "--repeats", str(args.repeats), "--d-model", str(args.d_model), "--layers", str(args.layers)]
-    return subprocess.run(argv, env={**os.environ, "MPLCONFIGDIR": tempfile.mkdtemp()}).returncode
+@contextlib.contextmanager
+def s3_endpoint(enabled: bool, folder: Path) -> Iterator[dict[str, str]]:
+    """The client environment of a moto S3 server on loopback (tests/s3_server.py), or {}."""
+    if not enabled:
+        yield {}
+        return
+    from tests.s3_server import running_s3_server
+
+    with running_s3_server(folder) as server:
+        yield server.env()
+
+
+def launch(args: argparse.Namespace) -> list[Row]:
+    """Run this file's worker half under gangrun on each rank count, as training would run."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp, s3_endpoint(args.s3, Path(tmp)) as s3_env:
+        for ranks in args.ranks:
+            out = Path(tmp) / f"rows-{ranks}.json"
+            argv = [str(BIN / "gangrun"), "run", "--nproc-per-node", str(ranks), __file__, "--worker", str(out),
+                    "--repeats", str(args.repeats), "--d-model", str(args.d_model), "--layers", str(args.layers)]
+            if s3_env and ranks == max(args.ranks):
+                argv += ["--s3-url", "s3://gangrun-checkpoints/bench"]
+            # One intra-op thread per rank, as torchrun gives several ranks: with one rank, a core stays
+            # spare for the checkpoint process instead of torch's second thread.
+            env = {**os.environ, **s3_env, "MPLCONFIGDIR": tmp, "GANGRUN_BENCH_TMP": tmp, "OMP_NUM_THREADS": "1"}
+            result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tmp)
+            if result.returncode != 0:
+                raise SystemExit(f"bench_checkpoint on {ranks} rank(s) exited {result.returncode}:\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            rows += read_rows(out)
+    return rows
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -50,75 +96,154 @@ def worker(args: argparse.Namespace) -> None:
     from train.loop import build_run, train_step
     from train.recorder import NoRecorder
 
+    tmp = Path(os.environ["GANGRUN_BENCH_TMP"])
     overrides = [f"model.d_model={args.d_model}", f"model.n_layer={args.layers}", "model.n_head=8",
                  "model.seq_len=32", "data.fake_train_size=256", "train.global_batch_size=4",
                  "train.micro_batch_size=2", "train.parallel=fsdp", "train.max_steps=1", "metrics.plot=false",
-                 "checkpoint.every=0", "checkpoint.keep=2", "checkpoint.resume=never",
-                 f"output_dir={tempfile.gettempdir()}/bench-checkpoint-run", f"checkpoint.dir={args.dir}"]
-    cfg = load_config("gpt-tiny", overrides)
+                 "checkpoint.every=0", "checkpoint.keep=2", "checkpoint.resume=never", f"output_dir={tmp}/run"]
     world = init_world("auto")
+    n = world.world_size
+
+    def saver(where: str, *more: str) -> Checkpointer:
+        return Checkpointer(load_config("gpt-tiny", [*overrides, f"checkpoint.dir={where}", *more]), world)
+
+    cfg = load_config("gpt-tiny", overrides)
     run = build_run(cfg, world)
-    sync_saver = Checkpointer(cfg, world)
-    async_saver = Checkpointer(load_config("gpt-tiny", [*overrides, "checkpoint.async_save=true"]), world)
+    local_dir = tmp / f"ckpt-{n}"
+    sync_saver = saver(str(local_dir / "sync"))
+    async_saver = saver(str(local_dir / "async"), "checkpoint.async_save=true")
 
-    def step(saver: Checkpointer) -> None:
-        train_step(run, cfg, cfg.optim.lr, NoRecorder(), saver)
+    def step() -> None:
+        train_step(run, cfg, cfg.optim.lr, NoRecorder(), async_saver)
 
-    step(sync_saver)  # AdamW state exists only after a step
+    step()  # AdamW state exists only after a step
     model_sd, optim_sd = get_state_dict(run.parts.model, run.parts.optimizer)
     local = [t.to_local() if hasattr(t, "to_local") else t for t in _tensors((model_sd, optim_sd))]
     local_bytes = sum(t.numel() * t.element_size() for t in local)
-    total_bytes = torch.tensor([local_bytes], dtype=torch.float64)
-    dist.all_reduce(total_bytes)
-    total_mb = total_bytes.item() / 2**20
+    total = torch.tensor([local_bytes], dtype=torch.float64)
+    dist.all_reduce(total)
+    total_mb = total.item() / 1e6
+    raw_path = local_dir / f"raw-rank{world.rank}.bin"
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
 
-    def timed(action) -> float:
+    def timed(action: Callable[[], Any]) -> float:
         dist.barrier()
         start = time.perf_counter()
         action()
         dist.barrier()
         return time.perf_counter() - start
 
-    raw_path = Path(args.dir if "://" not in args.dir else tempfile.gettempdir()) / f"raw-rank{world.rank}.bin"
-    raw_path.parent.mkdir(parents=True, exist_ok=True)
-
     def raw_write() -> None:
         with raw_path.open("wb") as f:
             for tensor in local:
-                f.write(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                f.write(tensor.detach().contiguous().view(torch.uint8).numpy().data)
             f.flush()
             os.fsync(f.fileno())
 
-    raw, sync, plain_step, async_call, async_step, async_total = [], [], [], [], [], []
-    for _ in range(args.repeats):
-        raw.append(timed(raw_write))
-        sync.append(timed(lambda: sync_saver.save(run.parts, blocking=True)))
-        plain_step.append(timed(lambda: step(sync_saver)))
-        # What training feels: the save call plus the next step, which waits for staging before
-        # its optimizer step; the rest of the save runs behind it.
-        start = time.perf_counter()
-        async_call.append(timed(lambda: async_saver.save(run.parts, blocking=False)))
-        async_step.append(timed(lambda: step(async_saver)))
+    def raw_read() -> None:
+        with raw_path.open("rb", buffering=0) as f:
+            for tensor in local:
+                f.readinto(tensor.detach().view(torch.uint8).numpy().data)
+
+    def evicted(action: Callable[[], Any], *paths: Path) -> Callable[[], Any]:
+        """``action`` after dropping ``paths`` (files, or every file under a folder) from the page
+        cache, so a read comes from the disk as after a restart on another node; no root needed."""
+        def run() -> Any:
+            for path in paths:
+                for file in ([path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]):
+                    fd = os.open(file, os.O_RDONLY)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    finally:
+                        os.close(fd)
+            dist.barrier()
+            return action()
+        return run
+
+    def newest(checkpointer: Checkpointer) -> str:
+        return checkpointer.store.path(run.parts.state.step)
+
+    # Warm up: the first save builds DCP's plan, the first async save starts its checkpoint process.
+    sync_saver.save(run.parts, blocking=True)
+    step()
+    async_saver.save(run.parts, blocking=False)
+    async_saver.wait()
+    plain_step = statistics.median(timed(step) for _ in range(3))
+    sync_estimate = timed(lambda: sync_saver.save(run.parts, blocking=True))
+    # Enough steps to outlast the save running behind them, so all it takes from training is counted.
+    k = max(2, math.ceil(2 * sync_estimate / plain_step))
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            step()
+
+    def async_then_steps() -> None:
+        async_saver.save(run.parts, blocking=False)
+        steps(k)
         async_saver.wait()
-        dist.barrier()
-        async_total.append(time.perf_counter() - start)
+
+    figures: dict[str, list[float]] = {name: [] for name in
+                                       ("raw_write", "save", "raw_read", "load", "steps", "steps_with_async")}
+    for _ in range(args.repeats):
+        figures["raw_write"].append(timed(raw_write))
+        figures["save"].append(timed(lambda: sync_saver.save(run.parts, blocking=True)))
+        figures["raw_read"].append(timed(evicted(raw_read, raw_path)))
+        figures["load"].append(timed(evicted(lambda: sync_saver.load(newest(sync_saver), run.parts),
+                                             Path(newest(sync_saver)))))
+        figures["steps"].append(timed(lambda: steps(k)))
+        figures["steps_with_async"].append(timed(async_then_steps))
+    s3 = s3_figures(args.s3_url, local, saver, run.parts, timed, world.rank, args.repeats) if args.s3_url else {}
     async_saver.close()
     sync_saver.close()
     raw_path.unlink()
     if world.is_main:
-        r, s, p, c, a = (statistics.median(x) for x in (raw, sync, plain_step, async_call, async_total))
-        slowed = max(0.0, statistics.median(async_step) - p)
-        b = c + slowed
-        print(f"state: {total_mb:.0f} MB on {world.world_size} ranks (FSDP shards + AdamW), device {world.device}, "
-              f"into {args.dir}; medians of {args.repeats}")
-        print(f"raw write+fsync   {r:6.2f} s  {total_mb / r:7.0f} MB/s")
-        print(f"dcp save (sync)   {s:6.2f} s  {total_mb / s:7.0f} MB/s   ratio to raw {r / s:.2f} (goal >= 0.8)")
-        print(f"async: blocked    {b:6.2f} s   = save call {c:.2f} s + next step slowed {slowed:.2f} s "
-              f"(step {p:.2f} s); committed after {a:.2f} s   blocked / sync save {b / s:.2f} (goal <= 0.15)")
+        m = {name: statistics.median(values) for name, values in {**figures, **s3}.items()}
+        where = f"{n} rank{'s' if n > 1 else ''}, {total_mb:.0f} MB, {os.cpu_count()} cores"
+        rows = [Row(f"checkpoint save MB/s / raw write+fsync ({where})", m["raw_write"] / m["save"], 0.8, ">=",
+                    detail=f"{total_mb / m['save']:.0f} vs {total_mb / m['raw_write']:.0f} MB/s",
+                    repeats=[w / s for w, s in zip(figures["raw_write"], figures["save"], strict=True)],
+                    raw={"mb": total_mb, **m}),
+                Row(f"checkpoint load MB/s / raw read ({where})", m["raw_read"] / m["load"], 0.8, ">=",
+                    detail=f"{total_mb / m['load']:.0f} vs {total_mb / m['raw_read']:.0f} MB/s, from the disk",
+                    repeats=[r / s for r, s in zip(figures["raw_read"], figures["load"], strict=True)]),
+                Row(f"async save: training blocked / sync save ({where})",
+                    max(0.0, m["steps_with_async"] - m["steps"]) / m["save"], 0.15, "<=",
+                    detail=f"{max(0.0, m['steps_with_async'] - m['steps']):.3f} s over {k} steps "
+                           f"({m['steps'] / k:.3f} s each) vs {m['save']:.3f} s")]
+        if s3:
+            rows += [Row(f"S3 save MB/s / raw upload (moto on loopback, {where})", m["s3_put"] / m["s3_save"], 0.8,
+                         ">=", detail=f"{total_mb / m['s3_save']:.0f} vs {total_mb / m['s3_put']:.0f} MB/s"),
+                     Row(f"S3 load MB/s / raw download (moto on loopback, {where})", m["s3_get"] / m["s3_load"], 0.8,
+                         ">=", detail=f"{total_mb / m['s3_load']:.0f} vs {total_mb / m['s3_get']:.0f} MB/s")]
+        for row in rows:
+            print(row.line(), flush=True)
+        write_rows(args.worker, rows)
     close_world()
 
 
-def _tensors(tree) -> list:
+def s3_figures(url: str, local: list, saver: Callable[..., Any], parts: Any,
+               timed: Callable[[Callable[[], Any]], float], rank: int, repeats: int) -> dict[str, list[float]]:
+    """Our save and load against the S3 server, beside one PUT and one GET of each rank's same bytes."""
+    import s3fs
+    import torch
+
+    fs = s3fs.S3FileSystem()
+    blob = b"".join(t.detach().contiguous().view(torch.uint8).numpy().tobytes() for t in local)
+    raw = f"{url.removeprefix('s3://')}/raw-rank{rank}.bin"
+    checkpointer = saver(url)
+    checkpointer.save(parts, blocking=True)  # warm: the bucket's listing, the plan
+    figures: dict[str, list[float]] = {"s3_put": [], "s3_save": [], "s3_get": [], "s3_load": []}
+    for _ in range(repeats):
+        figures["s3_put"].append(timed(lambda: fs.pipe_file(raw, blob)))
+        figures["s3_save"].append(timed(lambda: checkpointer.save(parts, blocking=True)))
+        figures["s3_get"].append(timed(lambda: fs.cat_file(raw)))
+        figures["s3_load"].append(timed(lambda: checkpointer.load(checkpointer.store.display(
+            checkpointer.store.path(parts.state.step)), parts)))
+    checkpointer.close()
+    return figures
+
+
+def _tensors(tree: Any) -> list:
     import torch
 
     if isinstance(tree, torch.Tensor):
@@ -130,9 +255,18 @@ def _tensors(tree) -> list:
     return []
 
 
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    rows = launch(args)
+    print(f"checkpoint I/O, medians of {args.repeats} interleaved repeats")
+    for row in rows:
+        print(row.line())
+    if args.json:
+        write_rows(args.json, rows)
+
+
 if __name__ == "__main__":
-    arguments = parse_args()
-    if arguments.worker:
-        worker(arguments)
-    else:
-        sys.exit(launch(arguments))
+    main()

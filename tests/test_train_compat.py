@@ -71,6 +71,18 @@ def test_dcps_fsspec_storage_still_has_the_shape_we_use(tmp_path) -> None:
         assert hasattr(_fsspec_filesystem, name), f"torch moved {name}: update train/compat.py"
     writer_params = inspect.signature(_fsspec_filesystem.FsspecWriter).parameters
     assert {"path", "sync_files"} <= set(writer_params), f"FsspecWriter now takes {list(writer_params)}"
-    assert isinstance(compat.fsspec_writer(f"file://{tmp_path}/w", sync_files=False), StorageWriter)
+    assert isinstance(compat.FsspecWriter(f"file://{tmp_path}/w", sync_files=False), StorageWriter)
     (tmp_path / "r").mkdir()
     assert isinstance(compat.fsspec_reader(f"file://{tmp_path}/r"), StorageReader)
+
+
+def test_torch_load_reads_a_record_saved_without_its_crc32(tmp_path) -> None:
+    """train.checkpoint_io saves without torch.save's CRC-32s, which torch.load does not check: if it
+    starts checking, this fails before any checkpoint does."""
+    from train.checkpoint_io import crc32_off
+
+    tensor = torch.arange(1000, dtype=torch.float32)
+    with crc32_off():
+        torch.save(tensor, tmp_path / "t.pt")
+    assert torch.serialization.get_crc32_options() is True
+    assert torch.equal(torch.load(tmp_path / "t.pt", weights_only=True), tensor)

@@ -29,12 +29,15 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.metadata import STATE_DICT_TYPE
+from torch.distributed.checkpoint.staging import AsyncStager, DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
+from train.checkpoint_io import save_planner
 from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
+from train.contract import NOTICE_SIGNAL
 from train.distributed import World
 from train.metrics import log
 from train.progress import Progress
@@ -85,6 +88,36 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
+class StagedAlready(AsyncStager):
+    """The stager dcp.async_save gets for a state dict the Checkpointer staged itself, on the training thread."""
+
+    _synchronize_after_execute = False
+
+    def stage(self, state_dict: STATE_DICT_TYPE) -> STATE_DICT_TYPE:
+        return state_dict
+
+    def synchronize_staging(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def keep_notices_off_this_thread() -> None:
+    """Block the notice signal (Slurm's USR2) in the calling thread, and so in every thread and process
+    it starts: DCP's checkpoint process is started from here.
+
+    Slurm signals every process of a job step, that process included, and USR2's default action
+    would kill it mid-save; the training process alone decides when to stop. A blocked signal stays
+    blocked across exec, and the main thread, which never blocks it, still takes every notice.
+    SIGTERM stays deliverable: it is how torchrun and multiprocessing end that process. SIGINT need
+    not be blocked (multiprocessing's resource tracker unblocks it in this thread anyway): a
+    terminal's Ctrl-C reaches its foreground process group only, and torchrun starts each worker in
+    a session of its own.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {NOTICE_SIGNAL})
+
+
 class CheckpointSpaceError(RuntimeError):
     """A save ran out of space: one line for the user; the commits before it are untouched."""
 
@@ -124,14 +157,8 @@ class Checkpointer:
         self._async_group: dist.ProcessGroup | None = None
         self._stager: DefaultStager | None = None
         if self.cfg.async_save:
-            self._async_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-commit")
-            # One stager for the whole run: it keeps its CPU copies between saves instead of
-            # allocating the whole state again each time. On GPU it copies on a stream of its own
-            # while the next step computes; on CPU that copy would only fight the step for the
-            # same cores (measured slower in bench_checkpoint), so it copies before returning.
-            cuda = world.device.type == "cuda"
-            self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                                        use_async_staging=cuda, use_non_blocking_copy=cuda))
+            self._async_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-commit",
+                                                  initializer=keep_notices_off_this_thread)
             if dist.is_initialized():
                 # Background saves need a CPU backend ("A CPU backend must be enabled for async save"
                 # on an nccl-only group), and a group of their own so their collectives never
@@ -268,16 +295,33 @@ class Checkpointer:
         sd = self._state_dict(parts, with_rng=True)
         writer = self.store.writer(path)
         if self._async_pool is None or blocking:
-            dcp.save(sd, storage_writer=writer, no_dist=not dist.is_initialized())
+            dcp.save(sd, storage_writer=writer, planner=save_planner(), no_dist=not dist.is_initialized())
             self._commit(step, path, sorted(sd))
             return
-        response = dcp.async_save(sd, storage_writer=writer, process_group=self._async_group,
-                                  async_stager=self._stager, no_dist=not dist.is_initialized())
-        if isinstance(response, AsyncSaveResponse):
-            # Copying out overlaps the next forward and backward; see wait_for_staging.
-            self._staging = response.staging_completion
-            response = response.upload_completion
-        self._pending = self._async_pool.submit(self._finish_async, response, step, path, sorted(sd))
+        # The copy into the reused buffers is the one part training waits for (wait_for_staging).
+        staged = self._stager_for(parts.model).stage(sd)
+        if isinstance(staged, Future):
+            self._staging = staged
+        self._pending = self._async_pool.submit(self._save_in_background, staged, writer, step, path, sorted(sd))
+
+    def _stager_for(self, model: nn.Module) -> DefaultStager:
+        """The run's one stager, made at its first async save: it keeps its copies between saves
+        instead of allocating the whole state again (pinned on CUDA, so the copy out runs at full
+        speed; in shared memory, which DCP's checkpoint process reads without another copy).
+
+        On CUDA its copy runs on a stream of its own beside the next forward and backward, where
+        they cannot change what it copies: a model without buffers, whose forward and backward read
+        the parameters and write only gradients, which are not saved (BatchNorm's running statistics
+        change in forward, and so does every buffer DDP broadcasts there). On the CPU it copies
+        before ``save`` returns: beside the step it would take the step's own cores and memory
+        bandwidth, and measured slower (bench/bench_checkpoint.py).
+        """
+        if self._stager is None:
+            cuda = self.world.device.type == "cuda"
+            beside = cuda and next(iter(model.buffers()), None) is None
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=True,
+                                                        use_async_staging=beside, use_non_blocking_copy=cuda))
+        return self._stager
 
     def wait_for_staging(self) -> None:
         """Block until an async save has copied the state: call before the optimizer changes it."""
@@ -285,7 +329,21 @@ class Checkpointer:
             staging, self._staging = self._staging, None
             staging.result()
 
-    def _finish_async(self, upload: Future, step: int, path: str, contents: list[str]) -> None:
+    def _save_in_background(self, staged: STATE_DICT_TYPE | Future[STATE_DICT_TYPE], writer: Any, step: int,
+                            path: str, contents: list[str]) -> None:
+        """Write and commit a staged state off the training process: planning, serializing and
+        writing run in DCP's checkpoint process (one per rank, started at the first async save),
+        so they take no GIL from training. A world of one has no process group for that process
+        to join, and writes from this thread."""
+        if isinstance(staged, Future):
+            staged = staged.result()
+        distributed = dist.is_initialized()
+        upload = dcp.async_save(staged, storage_writer=writer, planner=save_planner(),
+                                process_group=self._async_group, async_stager=StagedAlready(),
+                                async_checkpointer_type=(AsyncCheckpointerType.PROCESS if distributed
+                                                         else AsyncCheckpointerType.THREAD),
+                                no_dist=not distributed)
+        assert isinstance(upload, Future), "a synchronous stager gives the upload's future"
         upload.result()
         self._commit(step, path, contents)
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter, StorageReader, StorageWriter
+from torch.distributed.checkpoint import FileSystemReader, StorageReader, StorageWriter
 
-from train.compat import fsspec_reader, fsspec_writer
+from train.checkpoint_io import LocalWriter, RemoteWriter
+from train.compat import fsspec_reader
 
 MANIFEST = "commit.json"
 METADATA = ".metadata"
@@ -59,8 +60,8 @@ class CheckpointStore:
 
     def writer(self, path: str) -> StorageWriter:
         if self.local:
-            return FileSystemWriter(path, sync_files=True)
-        return fsspec_writer(self.fs.unstrip_protocol(path), sync_files=False)
+            return LocalWriter(path)
+        return RemoteWriter(self.fs.unstrip_protocol(path))
 
     def reader(self, path: str) -> StorageReader:
         return FileSystemReader(path) if self.local else fsspec_reader(self.fs.unstrip_protocol(path))

@@ -9,7 +9,13 @@ from __future__ import annotations
 import re
 
 import torch
-from torch.distributed.checkpoint import StorageReader, StorageWriter
+from torch.distributed.checkpoint import StorageReader
+
+# DCP's writer and reader for any fsspec URL: only in DCP's private module as of torch 2.14.
+# train.checkpoint_io subclasses the writer.
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+__all__ = ["TORCH_FLOOR", "FsspecWriter", "fsspec_reader", "torch_floor_problem", "torch_version"]
 
 # DCP's staging API (DefaultStager, StagingOptions, AsyncSaveResponse) arrived in torch 2.9, and one
 # stager reused across saves crashed from 2.11 until pytorch#183424 (merged 2026-06, in 2.13.0).
@@ -33,17 +39,7 @@ def torch_floor_problem(version: str = torch.__version__) -> str | None:
     return f"{version} is older than {floor}, the oldest this program supports; use torch>={floor}"
 
 
-def fsspec_writer(url: str, sync_files: bool) -> StorageWriter:
-    """DCP's writer for any fsspec URL. Only in DCP's private module as of torch 2.14."""
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
-
-    writer: StorageWriter = FsspecWriter(url, sync_files=sync_files)
-    return writer
-
-
 def fsspec_reader(url: str) -> StorageReader:
-    """DCP's reader for any fsspec URL (see fsspec_writer)."""
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
-
+    """DCP's reader for any fsspec URL (see FsspecWriter)."""
     reader: StorageReader = FsspecReader(url)
     return reader
