@@ -14,6 +14,10 @@ import tomli_w
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
+# Models whose activations are images (N, C, H, W): the ones a channels_last layout applies to.
+CONVNETS = ("cnn", "resnet18", "resnet50")
+
+
 class ConfigError(ValueError):
     """Bad config input; the message is one line that names the key and the fix."""
 
@@ -23,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: Literal["cnn", "resnet18", "gpt"] = "cnn"
+    name: Literal["cnn", "resnet18", "resnet50", "gpt"] = "cnn"
     num_classes: int = 10
     in_channels: int = 1
     # gpt only
@@ -33,17 +37,22 @@ class ModelConfig:
     n_head: int = 2
     d_model: int = 64
     dropout: float = 0.0
+    # Share the token embedding with the output head, as GPT-2 does (its 124M counts the matrix once).
+    tie_embeddings: bool = False
 
 
 @dataclass
 class DataConfig:
-    dataset: Literal["digits", "fake", "mnist", "cifar10", "imagefolder", "tokens", "bytes"] = "digits"
+    # fake_cached: FakeData-shaped images from a small bank drawn once, cheap enough to feed a GPU.
+    dataset: Literal["digits", "fake", "fake_cached", "mnist", "cifar10", "imagefolder", "tokens", "bytes"] = "digits"
     # Folder (mnist, cifar10, imagefolder: train/ and val/ inside) or text file (bytes).
     root: str = ""
     image_size: int = 32
     fake_train_size: int = 2048
     fake_eval_size: int = 256
     num_workers: int = 0
+    # Page-locked batches, so the copy to the GPU is asynchronous; auto: on when training on CUDA.
+    pin_memory: Literal["auto", "true", "false"] = "auto"
 
 
 @dataclass
@@ -55,6 +64,9 @@ class OptimConfig:
     momentum: float = 0.9
     warmup_steps: int = 0
     grad_clip: float = 1.0
+    # The optimizer's fused kernel (the whole update in one kernel per parameter, not one per
+    # elementwise op), on CUDA and the CPU alike; auto and true: on.
+    fused: Literal["auto", "true", "false"] = "auto"
 
 
 @dataclass
@@ -71,6 +83,12 @@ class TrainLoopConfig:
     ddp_reduce: Literal["auto", "per_parameter", "bucket"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    # TF32 tensor cores for fp32 matmuls and convolutions on CUDA; the CPU ignores it.
+    tf32: bool = True
+    # NHWC activations for convnets (cuDNN's tensor-core kernels); auto: on for convnets on CUDA.
+    channels_last: Literal["auto", "true", "false"] = "auto"
+    # Recompute each transformer block's (or ResNet block's) activations in backward instead of keeping them.
+    activation_checkpointing: bool = False
     log_every: int = 10
     eval_every: int = 0
     # Debug: append each rank's sample indices per step to {output_dir}/samples/rank{R}.jsonl,
@@ -135,7 +153,22 @@ class Config:
                               "ship", "use train.precision=bf16 or fp32")
         if self.optim.lr <= 0:
             raise ConfigError("optim.lr", f"{self.optim.lr} is not positive", "use e.g. optim.lr=1e-3")
+        self._validate_gpu_options()
         return self
+
+    def _validate_gpu_options(self) -> None:
+        """What check mode can tell without torch; a CUDA-only ``true`` on a CPU that ``auto`` picked is
+        refused at run time (train.data.use_pinned_memory)."""
+        t, name = self.train, self.model.name
+        if self.data.pin_memory == "true" and t.device == "cpu":
+            raise ConfigError("data.pin_memory", "true needs a CUDA device and train.device is cpu",
+                              "use data.pin_memory=auto or false")
+        if t.channels_last == "true" and name not in CONVNETS:
+            raise ConfigError("train.channels_last", f"true applies to convnets ({', '.join(CONVNETS)}), not "
+                              f"model.name={name}", "use train.channels_last=auto or false")
+        if t.activation_checkpointing and name == "cnn":
+            raise ConfigError("train.activation_checkpointing", "model cnn has no blocks to checkpoint",
+                              "use it with model.name=gpt, resnet18 or resnet50, or set it to false")
 
     @property
     def checkpoint_dir(self) -> str:
@@ -178,6 +211,9 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
+        # An auto|true|false key written as a TOML boolean (fused = true) means the word.
+        if isinstance(value, bool) and str(value).lower() in choices:
+            value = str(value).lower()
         if value not in choices:
             raise ConfigError(key, f"'{value}' is not one of {', '.join(map(str, choices))}", "pick one of those")
         return value

@@ -158,10 +158,37 @@ def _image_transform(pixels: int, channels: int) -> Callable[[Any], torch.Tensor
                                transforms.Normalize(mean, std)])
 
 
+class CachedFakeImages(Dataset):
+    """FakeData-shaped images at no cost per sample: ``bank`` random images and labels drawn once;
+    sample i is bank entry i mod ``bank``.
+
+    FakeData draws each image and round-trips it through PIL (milliseconds for one 224x224 image),
+    which at a few thousand images/s per GPU would starve the GPU; indexing a bank costs nothing.
+    """
+
+    def __init__(self, length: int, channels: int, pixels: int, classes: int, seed: int, bank: int = 64) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.length = length
+        self.images = torch.rand(bank, channels, pixels, pixels, generator=generator)
+        self.labels = torch.randint(0, classes, (bank,), generator=generator)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = index % len(self.images)
+        return self.images[entry], self.labels[entry]
+
+
 def _torchvision(cfg: Config) -> DataBundle:
     from torchvision import datasets, transforms
 
     d = cfg.data
+    if d.dataset == "fake_cached":
+        classes = cfg.model.num_classes
+        return DataBundle(CachedFakeImages(d.fake_train_size, 3, d.image_size, classes, seed=0),
+                          CachedFakeImages(d.fake_eval_size, 3, d.image_size, classes, seed=1),
+                          in_channels=3, num_classes=classes)
     if d.dataset == "fake":
         tf = transforms.Compose([transforms.ToTensor()])
         size = (3, d.image_size, d.image_size)
@@ -249,13 +276,23 @@ def build_data(cfg: Config) -> DataBundle:
     return bundle
 
 
-def train_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) -> DataLoader:
+def use_pinned_memory(choice: str, device: torch.device) -> bool:
+    """``auto``: pin on CUDA, where a copy from pageable memory waits for the GPU to catch up first;
+    ConfigError for ``true`` on the CPU, where there is nothing to pin for."""
+    if choice == "true" and device.type != "cuda":
+        raise ConfigError("data.pin_memory", f"true needs a CUDA device and this run trains on {device.type}",
+                          "use data.pin_memory=auto or false")
+    return choice == "true" or (choice == "auto" and device.type == "cuda")
+
+
+def train_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int, pin_memory: bool = False) -> DataLoader:
+    """``pin_memory``: batches arrive page-locked, so train.stream's non-blocking copies overlap compute."""
     sampler = GlobalBatchSampler(bundle.train, world_size, rank, cfg.train.global_batch_size, cfg.seed)
     if sampler.steps_per_epoch == 0:
         raise ConfigError("train.global_batch_size", f"{cfg.train.global_batch_size} exceeds the "
                           f"{size(bundle.train)} training samples", "use a smaller global batch")
     return DataLoader(IndexedDataset(bundle.train), batch_size=cfg.train.micro_batch_size, sampler=sampler,
-                      num_workers=cfg.data.num_workers)
+                      num_workers=cfg.data.num_workers, pin_memory=pin_memory)
 
 
 def eval_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int) -> DataLoader:

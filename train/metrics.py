@@ -19,6 +19,8 @@ from typing import IO, Any
 import torch
 
 from train.distributed import World, all_gather_floats, all_gather_objects, all_reduce_sum
+from train.flops import RATE_KEYS, Throughput
+from train.memory import peak_memory_gib
 from train.progress import Progress
 from train.stragglers import find_straggler, rank_table
 
@@ -51,12 +53,23 @@ def keep_history(path: Path, upto_step: int) -> list[dict[str, Any]]:
     return kept
 
 
+def _per_device(row: dict[str, Any]) -> str:
+    """A row's rate per device, MFU and peak memory, as its log line shows them."""
+    text = "".join(f"  {row[key]:.0f} {unit}/s/device" for unit, key in RATE_KEYS.items() if key in row)
+    if "mfu" in row:
+        text += f"  mfu {row['mfu']:.1%}"
+    return f"{text}  peak mem {row['peak_mem_gib']:.2f} GiB"
+
+
 class Metrics:
     """The training log of one run; writes only on rank 0, but every rank must call ``after_step``."""
 
     def __init__(self, output_dir: Path, world: World, start_step: int, max_steps: int, log_every: int,
-                 global_batch: int, tensorboard: bool, progress: Progress | None = None) -> None:
+                 global_batch: int, tensorboard: bool, progress: Progress | None = None,
+                 throughput: Throughput | None = None) -> None:
         self.output_dir, self.world = output_dir, world
+        # Tokens or images per second per device and MFU in each row, where the model's are known.
+        self.throughput = throughput
         # Every rank's own step times, for the straggler line of each window and the table at the end.
         self.progress = progress or Progress({})
         self.enabled = world.is_main
@@ -102,14 +115,20 @@ class Metrics:
             self._progress.update(1)
         if step % self.log_every and step != self.max_steps:
             return
+        # Read the loss first: .item() waits for the GPU to finish the window's steps, so the window's
+        # time is theirs, not only the time the CPU took to launch them.
+        window_loss = self._window_loss.item()
         elapsed = time.perf_counter() - self._window_start
-        (loss_sum,) = all_reduce_sum([self._window_loss.item() / self._window_steps], self.world)
+        (loss_sum,) = all_reduce_sum([window_loss / self._window_steps], self.world)
         computes = all_gather_floats(self.progress.recent_compute(self._window_steps), self.world)
         row = {"step": step, "epoch": epoch, "loss": loss_sum / self.world.world_size, "lr": lr,
                "grad_norm": grad_norm.item(), "samples_per_s": self._window_steps * self.global_batch / elapsed}
+        if self.throughput is not None:
+            row.update(self.throughput.window(self._window_steps * self.global_batch, elapsed, self.world.world_size))
+        row["peak_mem_gib"] = peak_memory_gib(self.world.device)
         self.write(row)
         log.info(f"step {step:>6}  epoch {epoch:>3}  loss {row['loss']:.4f}  lr {lr:.2e}  "
-                 f"grad_norm {row['grad_norm']:.3f}  {row['samples_per_s']:.0f} samples/s")
+                 f"grad_norm {row['grad_norm']:.3f}  {row['samples_per_s']:.0f} samples/s{_per_device(row)}")
         straggler = find_straggler(computes)
         if straggler is not None and self.enabled:
             log.warning(f"straggler: {straggler.describe()} in steps {step - self._window_steps + 1}-{step}")

@@ -1,4 +1,4 @@
-"""The models we ship: a small CNN, torchvision's ResNet-18, and a small decoder-only transformer."""
+"""The models we ship: a small CNN, torchvision's ResNet-18 and ResNet-50, and a decoder-only transformer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import ModelConfig
+from train.config import CONVNETS, ModelConfig
 from train.data import DataBundle
 
 
@@ -51,7 +51,7 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    """A decoder-only language model, nanoGPT-shaped, small enough for CPU tests."""
+    """A decoder-only language model, nanoGPT-shaped: small for CPU tests, GPT-2 small (124M) in gpt2-small."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -60,6 +60,11 @@ class TinyGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            # The shared matrix is also the output head: GPT-2's N(0, 0.02), since an embedding's default
+            # N(0, 1) would start the logits at a standard deviation of about sqrt(d_model).
+            nn.init.normal_(self.tok.weight, std=0.02)
+            self.head.weight = self.tok.weight
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
@@ -73,9 +78,17 @@ def build_model(cfg: ModelConfig, data: DataBundle) -> nn.Module:
         return SmallCNN(data.in_channels, data.num_classes)
     if cfg.name == "gpt":
         return TinyGPT(cfg)
-    from torchvision.models import resnet18
+    from torchvision.models import resnet18, resnet50
 
-    model = resnet18(num_classes=data.num_classes)
+    model = (resnet50 if cfg.name == "resnet50" else resnet18)(num_classes=data.num_classes)
     if data.in_channels != 3:
         model.conv1 = nn.Conv2d(data.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
+
+
+def use_channels_last(choice: str, model_name: str, device: torch.device) -> bool:
+    """``auto``: convnets on CUDA, where cuDNN's NHWC kernels use the tensor cores without transposes;
+    on the CPU the NCHW layout stays, so CPU runs are unchanged."""
+    if choice == "auto":
+        return model_name in CONVNETS and device.type == "cuda"
+    return choice == "true"

@@ -1,4 +1,4 @@
-"""Mixed precision: autocast on the model's device type, GradScaler only for fp16."""
+"""Mixed precision: autocast on the model's device type, GradScaler only for fp16, TF32 for fp32 on CUDA."""
 
 from __future__ import annotations
 
@@ -27,3 +27,16 @@ def build_precision(name: str, device: torch.device, autocast: bool = True) -> P
     # would train unscaled. Always name the device.
     scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(device.type, dtype, scaler)
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 tensor cores (Ampere and later) for fp32 matmuls and cuDNN convolutions, on CUDA only.
+
+    torch's defaults differ (matmuls off, convolutions on); ``train.tf32`` sets both one way. These
+    flags also set the ``fp32_precision`` ones that torch.compile reads; setting those instead would
+    make any later read of these flags raise (torch refuses a mix of the two APIs).
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -19,10 +19,15 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class DataStream:
-    """Micro-batches (inputs, targets, sample indices) forever, epoch after epoch, from the position."""
+    """Micro-batches (inputs, targets, sample indices) forever, epoch after epoch, from the position.
 
-    def __init__(self, loader: DataLoader, device: torch.device, global_batch: int) -> None:
+    Inputs arrive on ``device`` in ``memory_format`` (channels_last for a convnet that uses it).
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, global_batch: int,
+                 memory_format: torch.memory_format = torch.preserve_format) -> None:
         self.loader, self.device, self.global_batch = loader, device, global_batch
+        self.memory_format = memory_format
         sampler = loader.sampler
         assert isinstance(sampler, GlobalBatchSampler)
         self.sampler = sampler
@@ -54,6 +59,8 @@ class DataStream:
         self.consumed += self.global_batch
 
     def _from_position(self) -> Iterator[Batch]:
+        # On the CPU in the loader's own layout a batch stays where it is: no call per tensor per micro-step.
+        moves = self.device.type != "cpu" or self.memory_format != torch.preserve_format
         while True:
             self.sampler.set_epoch(self.epoch)
             self.sampler.start = self.consumed
@@ -63,6 +70,9 @@ class DataStream:
             seed = np.random.SeedSequence([self.sampler.seed, self.epoch, self.consumed, self.sampler.rank])
             self.loader.generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
             for x, y, index in self.loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), index
+                if moves:
+                    x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                    y = y.to(self.device, non_blocking=True)
+                yield x, y, index
             self.epoch += 1
             self.consumed = 0
