@@ -87,3 +87,19 @@ def test_digits_is_the_real_dataset():
 def test_an_empty_eval_set_is_a_config_error_not_a_division_by_zero():
     with pytest.raises(ConfigError, match=r"data: the tokens eval set is empty"):
         build_data(load_config("gpt-tiny", ["data.fake_eval_size=0"]))
+
+
+def test_a_tensor_dataset_is_fetched_a_batch_at_a_time_with_the_very_batches_of_a_per_sample_fetch():
+    from torch.utils.data import DataLoader
+
+    from train.data import IndexedDataset, IndexedTensors, train_loader
+
+    cfg = load_config("digits", ["train.micro_batch_size=16", "train.global_batch_size=32"])
+    bundle = build_data(cfg)
+    batched = train_loader(bundle, cfg, rank=1, world_size=2)
+    assert isinstance(batched.dataset, IndexedTensors)
+    per_sample = DataLoader(IndexedDataset(bundle.train), batch_size=16, sampler=batched.sampler)
+    pairs = list(zip(batched, per_sample, strict=True))
+    assert len(pairs) == batched.sampler.steps_per_epoch
+    for (x, y, index), (x1, y1, index1) in pairs:
+        assert torch.equal(x, x1) and torch.equal(y, y1) and torch.equal(index, index1)

@@ -57,6 +57,29 @@ class IndexedDataset(Dataset):
         return (*self.dataset[index], index)
 
 
+class IndexedTensors(IndexedDataset):
+    """IndexedDataset over in-memory tensors, fetched a whole micro-batch at a time.
+
+    The DataLoader hands ``__getitems__`` the batch's indices: one indexing op per tensor gives the
+    same batch as fetching each sample and stacking them, without a Python call per sample (on the
+    digits CNN, a per-sample fetch and collate was 2 % of a training step). Paired with
+    ``already_batched`` as the loader's collate_fn.
+    """
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        super().__init__(dataset)
+        self.tensors = dataset.tensors
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        picked = torch.tensor(indices)
+        return (*(tensor[picked] for tensor in self.tensors), picked)
+
+
+def already_batched(batch: Any) -> Any:
+    """The collate_fn of a dataset whose ``__getitems__`` returns the batch whole (a tuple of tensors)."""
+    return batch
+
+
 class GlobalBatchSampler(DistributedSampler):
     """A DistributedSampler that deals out whole global batches and can start mid-epoch.
 
@@ -291,6 +314,9 @@ def train_loader(bundle: DataBundle, cfg: Config, rank: int, world_size: int, pi
     if sampler.steps_per_epoch == 0:
         raise ConfigError("train.global_batch_size", f"{cfg.train.global_batch_size} exceeds the "
                           f"{size(bundle.train)} training samples", "use a smaller global batch")
+    if isinstance(bundle.train, TensorDataset):
+        return DataLoader(IndexedTensors(bundle.train), batch_size=cfg.train.micro_batch_size, sampler=sampler,
+                          num_workers=cfg.data.num_workers, pin_memory=pin_memory, collate_fn=already_batched)
     return DataLoader(IndexedDataset(bundle.train), batch_size=cfg.train.micro_batch_size, sampler=sampler,
                       num_workers=cfg.data.num_workers, pin_memory=pin_memory)
 

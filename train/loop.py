@@ -205,18 +205,21 @@ def train_step(run: Run, cfg: Config, lr: float, recorder: NoRecorder,
     peers' gradients): data, forward and loss, and the optimizer step. On CUDA it is launch time.
     """
     parts, scaler = run.parts, run.precision.scaler
-    total = torch.zeros((), device=run.world.device)
     compute_s = 0.0
+    total: torch.Tensor | None = None
     for micro in range(run.accum):
         started = time.perf_counter()
         x, y, index = parts.data.next()
         recorder.saw(index)
         with no_grad_sync(parts.model, final_micro_step=micro == run.accum - 1):
             with run.precision.autocast():
-                loss = cross_entropy(parts.model(x), y) / run.accum
+                loss = cross_entropy(parts.model(x), y)
+                # Dividing by 1 and adding to 0 change no bit, only the step's time.
+                if run.accum > 1:
+                    loss = loss / run.accum
             compute_s += time.perf_counter() - started
             (scaler.scale(loss) if scaler else loss).backward()
-        total += loss.detach()
+        total = loss.detach() if total is None else total + loss.detach()
     started = time.perf_counter()
     if scaler:
         # Clip the true gradients, not the scaled ones.
@@ -237,6 +240,7 @@ def train_step(run: Run, cfg: Config, lr: float, recorder: NoRecorder,
     parts.data.step_done()
     recorder.step(parts.state.step, parts.data.epoch)
     compute_s += time.perf_counter() - started
+    assert total is not None, "accum is at least 1"
     return total, grad_norm, compute_s + testhooks.slow_down(run.world.rank, compute_s)
 
 

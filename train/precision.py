@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -17,7 +18,10 @@ class Precision:
     scaler: torch.amp.GradScaler | None
 
     def autocast(self) -> AbstractContextManager[None]:
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+        # fp32 enters nothing: a disabled torch.autocast still costs its setup on every micro-step.
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 def build_precision(name: str, device: torch.device, autocast: bool = True) -> Precision:
