@@ -60,6 +60,9 @@ CHECK_REPORT_KEY = "gangrun_check"
 EXPECTED_WORLD_ENV = "GANGRUN_EXPECTED_WORLD"
 # Seconds a collective waits before the process group fails (`--pg-timeout`); unset: torch's default.
 PG_TIMEOUT_ENV = "GANGRUN_PG_TIMEOUT_S"
+# bench/bench_recovery.py names a file here; the agent and its ranks append one JSON line per moment
+# of a start or a restart (launcher/agent/timeline.py, train/timeline.py). Unset, nothing is written.
+TIMELINE_ENV = "GANGRUN_TIMELINE"
 
 
 def rank_of(line: str) -> int | None:

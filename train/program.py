@@ -20,6 +20,7 @@ from train.loop import fit
 from train.metrics import log, setup_logging
 from train.notice import NOTICE
 from train.progress import Progress
+from train.timeline import mark
 from train.world import describe, expected, lone_copy_problem, me, world_problem
 
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace, rank: int, progress: Progress) -> int:
         log.info(f"exiting {EXIT_REQUEUE} (requeue me): stopped by {NOTICE.name} while starting")
         return EXIT_REQUEUE
     world = init_world(cfg.train.device)
+    mark("process group")
     try:
         # Every rank says where it is, once: a world other than the one asked for stops here, on every rank.
         members = all_gather_objects(me(), world)

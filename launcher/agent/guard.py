@@ -18,7 +18,7 @@ import socket
 import sys
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from launcher.agent.hang import HangReport, RankView, evidence_folder, hang_verd
 from launcher.agent.procstat import process_state
 from launcher.agent.progress import RankProgress, read_rank
 from launcher.agent.sampler import SAMPLE_INTERVAL_S, StackSampler
-from launcher.agent.stacks import dump_stacks, py_spy
+from launcher.agent.stacks import PY_SPY_TIMEOUT_S, dump_stacks, py_spy
 from launcher.agent.watchdog import HangTimeout, Watchdog, last_output
 from launcher.contract import PROGRESS_DIR_ENV
 from launcher.ranks import STACKS_REQUEST
@@ -169,8 +169,15 @@ class NodeGuard:
         if self.sampler.told and (line := self.sampler.verdict()) is not None:
             print(line, file=sys.stderr, flush=True)
 
+    def _sample_done(self) -> None:
+        """Wait for a sample in flight: py-spy attaches with ptrace, one tracer at a time, so a dump taken
+        meanwhile fails and the rank has no stack ("via none")."""
+        if self._sampling is not None:
+            wait([self._sampling], timeout=PY_SPY_TIMEOUT_S)
+
     def _call_hang(self, group: WorkerGroup, call: HangCall, pids: dict[int, int]) -> RunResult:
         assert self._watchdog is not None and self._exchange is not None
+        self._sample_done()
         stacks = dump_stacks(pids, self.progress_dir)
         records = self._watchdog.current(self._records)
         folder = evidence_folder(records, self.settings.status_dir, call.called_at)
@@ -228,6 +235,7 @@ class NodeGuard:
         if done.exists():
             return
         answer.mkdir(parents=True, exist_ok=True)
+        self._sample_done()
         for rank, stack in dump_stacks(self._watchdog.pids, self.progress_dir).items():
             (answer / f"rank{rank}.txt").write_text(f"# rank {rank} ({self.host}) pid {stack.pid} "
                                                     f"state {stack.state} via {stack.source}\n{stack.text}")

@@ -11,7 +11,7 @@ import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
-from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerState
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import run as torchrun_run
@@ -21,9 +21,16 @@ from launcher.agent.oom import OomWatch
 from launcher.agent.preflight import preflight_or_exit
 from launcher.agent.procstat import started_after
 from launcher.agent.requeue import RequeuePolicy, stopped_status
+from launcher.agent.timeline import mark
 from launcher.agent.torchlog import fold_torchrun_failure_lines
 from launcher.agent.verdict import failure_verdict, hang_verdict, stopped_verdict
-from launcher.compat import agent_class, hooked_agent_class, parse_torchrun_args, worker_stderrs
+from launcher.compat import (
+    agent_class,
+    hooked_agent_class,
+    parse_torchrun_args,
+    prompt_log_tails,
+    worker_stderrs,
+)
 from launcher.contract import (
     EXIT_HANG,
     EXIT_OK,
@@ -54,10 +61,22 @@ class Hooks:
 
     policy: RequeuePolicy
     guard: NodeGuard
-    failure_grace_s: int = AFTER_FAILURE_GRACE_S
     _told: set[int] = field(default_factory=set)
     # The current attempt's worker log files: a failed worker's traceback is read from its stderr.
     outputs: list[str] = field(default_factory=list)
+    # torchrun's restart count of the workers now running.
+    attempt: int = 0
+
+    def stop_within_s(self, exit_codes: list[int | None]) -> int:
+        """A stop (a worker's 75, or the notice) gets the stop grace: the others may still be saving.
+        A crash gets the failure grace: the others have nothing to save and may sit in a wait for the dead."""
+        if self.policy.notice is not None or EXIT_REQUEUE in exit_codes:
+            return self.guard.settings.stop_grace_s
+        return AFTER_FAILURE_GRACE_S
+
+    def workers_starting(self, attempt: int) -> None:
+        self.attempt = attempt
+        mark("rendezvous done", attempt)
 
     def watch(self, group: WorkerGroup, outputs: list[str]) -> RunResult | None:
         self.outputs = outputs
@@ -78,6 +97,8 @@ class Hooks:
                     os.kill(pid, self.policy.notice)
 
     def stop_restarting(self, result: RunResult) -> bool:
+        if result.state == WorkerState.FAILED:
+            mark("failure seen", self.attempt)
         return self.policy.stop_restarting(result)
 
     def drain(self, death_sig: signal.Signals, pids: list[int]) -> None:
@@ -132,7 +153,7 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     fold_torchrun_failure_lines()
     hooks = Hooks(policy, guard)
     try:
-        with agent_class(hooked_agent_class(hooks)):
+        with agent_class(hooked_agent_class(hooks)), prompt_log_tails():
             torchrun_run(args)
         # Every worker finished: 0 is decided, whatever stop arrives from here to the exit.
         ignore_stop_signals()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import yaml
-
 from launcher.engines.k8s.checks import check_objects, check_spec
 from launcher.engines.k8s.manifests import Obj, build_objects
 from launcher.engines.k8s.options import K8sOptions
@@ -20,5 +18,8 @@ def render_objects(spec: JobSpec, k8s: K8sOptions) -> list[Obj]:
 
 def dump_yaml(objects: list[Obj]) -> str:
     """One YAML stream; values are serialized as data, so no user string can add keys or documents."""
+    # Imported on use: every `gangrun run` imports this module, and never needs YAML.
+    import yaml
+
     text: str = yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False, width=120)
     return text

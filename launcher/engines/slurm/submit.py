@@ -13,14 +13,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-from submitit import SlurmJob
+from typing import TYPE_CHECKING
 
 from launcher.engines.slurm.options import SlurmOptions
 from launcher.engines.slurm.state import JobState
 from launcher.errors import SpecError
 from launcher.jobs import JobHandle, jobs_home
 from launcher.spec import JobSpec
+
+if TYPE_CHECKING:
+    from submitit import SlurmJob
 
 
 def job_folder(spec: JobSpec, options: SlurmOptions) -> Path:
@@ -64,11 +66,18 @@ def submit_job(script: str, spec: JobSpec, options: SlurmOptions) -> JobHandle:
     return handle
 
 
+def slurm_job(handle: JobHandle) -> SlurmJob:
+    # Imported on use: submitit takes 35 ms to import, which every `gangrun run` would pay for nothing.
+    from submitit import SlurmJob
+
+    return SlurmJob(folder=handle.folder, job_id=handle.native_id)
+
+
 def accounting_state(handle: JobHandle) -> JobState:
     """What sacct says, through submitit (which rate-limits its calls and parses sacct's quirks)."""
-    info = SlurmJob(folder=handle.folder, job_id=handle.native_id).get_info(mode="force")
+    info = slurm_job(handle).get_info(mode="force")
     return JobState((info.get("State") or "UNKNOWN").split()[0], info.get("NodeList", ""))
 
 
 def cancel_job(handle: JobHandle) -> None:
-    SlurmJob(folder=handle.folder, job_id=handle.native_id).cancel()
+    slurm_job(handle).cancel()
