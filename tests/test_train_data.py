@@ -92,12 +92,12 @@ def test_an_empty_eval_set_is_a_config_error_not_a_division_by_zero():
 def test_a_tensor_dataset_is_fetched_a_batch_at_a_time_with_the_very_batches_of_a_per_sample_fetch():
     from torch.utils.data import DataLoader
 
-    from train.data import IndexedDataset, IndexedTensors, train_loader
+    from train.data import GlobalBatchSampler, IndexedDataset, IndexedTensors, train_loader
 
     cfg = load_config("digits", ["train.micro_batch_size=16", "train.global_batch_size=32"])
     bundle = build_data(cfg)
     batched = train_loader(bundle, cfg, rank=1, world_size=2)
-    assert isinstance(batched.dataset, IndexedTensors)
+    assert isinstance(batched.dataset, IndexedTensors) and isinstance(batched.sampler, GlobalBatchSampler)
     per_sample = DataLoader(IndexedDataset(bundle.train), batch_size=16, sampler=batched.sampler)
     pairs = list(zip(batched, per_sample, strict=True))
     assert len(pairs) == batched.sampler.steps_per_epoch
