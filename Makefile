@@ -49,9 +49,10 @@ lint: venv
 	$(BIN)/ruff check
 	$(BIN)/mypy
 
-# The benchmarks' side-by-side ratios, printed for a person to read.
+# Every benchmark's side-by-side ratios with their goals, for a person to read; raw figures and a
+# chart go to bench/results/latest.json and latest.png (BENCH_ARGS=--quick for fewer repeats).
 bench: venv
-	$(BIN)/python bench/bench_loop.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 # Remove the virtualenv, run outputs and pytest's cache.
 clean:
