@@ -293,8 +293,9 @@ class Checkpointer:
     def _save(self, parts: TrainingParts, step: int, path: str, blocking: bool) -> None:
         self.wait()
         sd = self._state_dict(parts, with_rng=True)
-        writer = self.store.writer(path)
-        if self._async_pool is None or blocking:
+        pool = None if blocking else self._async_pool
+        writer = self.store.writer(path, background=pool is not None)
+        if pool is None:
             dcp.save(sd, storage_writer=writer, planner=save_planner(), no_dist=not dist.is_initialized())
             self._commit(step, path, sorted(sd))
             return
@@ -302,7 +303,7 @@ class Checkpointer:
         staged = self._stager_for(parts.model).stage(sd)
         if isinstance(staged, Future):
             self._staging = staged
-        self._pending = self._async_pool.submit(self._save_in_background, staged, writer, step, path, sorted(sd))
+        self._pending = pool.submit(self._save_in_background, staged, writer, step, path, sorted(sd))
 
     def _stager_for(self, model: nn.Module) -> DefaultStager:
         """The run's one stager, made at its first async save: it keeps its copies between saves

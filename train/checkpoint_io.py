@@ -6,6 +6,7 @@ Both are picklable, module-level classes: an async save hands them to DCP's chec
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -17,9 +18,17 @@ from torch.futures import Future
 
 from train.compat import FsspecWriter
 
-# Files each rank writes at once into a local folder (DCP's default is 1). Chosen by measurement on
-# bench/bench_checkpoint.py; see the README's Performance section.
-LOCAL_WRITE_THREADS = 1
+# At most this many files a rank writes at once into a local folder (DCP's default is 1).
+MAX_WRITE_THREADS = 4
+
+
+def write_threads(cpus: int | None = os.cpu_count(), local_ranks: int = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+                  ) -> int:
+    """Files each rank writes at once: one per core it has to itself. A write serializes with the GIL
+    held and copies into the page cache, so a second thread only helps where a core is free for it:
+    on 2 cores a lone rank saved 184 MB at 1.1-2 x the speed with 2 threads, while 2 ranks with 2
+    threads each were slower than with 1 (bench/bench_checkpoint.py)."""
+    return max(1, min(MAX_WRITE_THREADS, (cpus or 1) // max(1, local_ranks)))
 
 
 @contextlib.contextmanager
@@ -42,8 +51,8 @@ def crc32_off() -> Iterator[None]:
 class LocalWriter(FileSystemWriter):
     """A local folder: one file per rank and thread, each fsynced before the save returns."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path, sync_files=True, thread_count=LOCAL_WRITE_THREADS)
+    def __init__(self, path: str, threads: int) -> None:
+        super().__init__(path, sync_files=True, thread_count=threads)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         with crc32_off():

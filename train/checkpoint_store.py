@@ -17,7 +17,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from torch.distributed.checkpoint import FileSystemReader, StorageReader, StorageWriter
 
-from train.checkpoint_io import LocalWriter, RemoteWriter
+from train.checkpoint_io import LocalWriter, RemoteWriter, write_threads
 from train.compat import fsspec_reader
 
 MANIFEST = "commit.json"
@@ -58,9 +58,11 @@ class CheckpointStore:
         """A path as the user would write it: a URL for remote stores."""
         return path if self.local else self.fs.unstrip_protocol(path)
 
-    def writer(self, path: str) -> StorageWriter:
+    def writer(self, path: str, background: bool = False) -> StorageWriter:
+        """``background``: a save behind training writes one file at a time, leaving the cores to the
+        step; a save training waits for writes with a thread per core the rank has to itself."""
         if self.local:
-            return LocalWriter(path)
+            return LocalWriter(path, 1 if background else write_threads())
         return RemoteWriter(self.fs.unstrip_protocol(path))
 
     def reader(self, path: str) -> StorageReader:
