@@ -65,6 +65,16 @@ def run_script(script: Script, quick: bool, folder: Path) -> tuple[list[Row], fl
     return read_rows(out), seconds, None
 
 
+def score(row: Row) -> float:
+    """How far a measured row is past its goal, right of 1 being good for both kinds of goal: value/goal
+    for a floor, goal/value for a ceiling (a value at or under zero under a positive ceiling counts as
+    3), shown up to 3."""
+    assert row.value is not None
+    if row.compare == ">=":
+        return min(row.value / row.goal, 3.0)
+    return min(row.goal / row.value, 3.0) if row.value > 0 else 3.0
+
+
 def chart(rows: list[Row], path: Path, title: str) -> None:
     """Each measured row as a bar: its value over its goal (1.0 = just meets it), green where met."""
     import matplotlib
@@ -73,15 +83,13 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     measured = [row for row in rows if row.value is not None]
-    fig, ax = plt.subplots(figsize=(11, 0.45 * len(measured) + 1.5))
-    # For "<=" goals a value under the goal is good: plot goal/value so that right of 1 is good for all.
-    scores = [(row.value / row.goal if row.compare == ">=" else row.goal / max(row.value, 1e-9))
-              for row in measured if row.value is not None]
+    fig, ax = plt.subplots(figsize=(13, 0.45 * len(measured) + 1.5))
+    scores = [score(row) for row in measured]
     ax.barh(range(len(measured)), scores, color=["tab:green" if row.met else "tab:red" for row in measured])
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(range(len(measured)), [row.name for row in measured], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("how far past its goal (value / goal, or goal / value for a ceiling); 1 = just meets it")
+    ax.set_xlabel("past its goal: value / goal for a floor, goal / value for a ceiling (1: just meets it; up to 3)")
     ax.set_title(title, fontsize=9)
     for i, row in enumerate(measured):
         ax.text(scores[i], i, f" {row.value:.3g}{row.unit} (goal {row.compare} {row.goal:g})", va="center", fontsize=7)
