@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # `python bench/bench_activation_checkpointing.py` puts bench/ itself on sys.path; modules are named from the root.
 sys.path.insert(0, str(REPO))
 
-from bench.results import Row, write_rows  # noqa: E402
+from bench.results import Row, report  # noqa: E402
 
 SHAPE = ("model.n_layer=8", "model.n_head=4", "model.d_model=128", "model.seq_len=256", "model.vocab_size=256")
 BATCH = 8
@@ -119,10 +119,7 @@ def main() -> None:
         probe(args.probe == "on", args.steps)
         return
     found = rows(args.repeats, args.steps)
-    for row in found:
-        print(row.line())
-    if args.json:
-        write_rows(args.json, found)
+    report(found, args.json)
 
 
 if __name__ == "__main__":

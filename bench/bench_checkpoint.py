@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.results import Row, read_rows, write_rows  # noqa: E402
+from bench.results import Row, read_rows, report, write_rows  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -262,10 +262,7 @@ def main() -> None:
         return
     rows = launch(args)
     print(f"checkpoint I/O, medians of {args.repeats} interleaved repeats")
-    for row in rows:
-        print(row.line())
-    if args.json:
-        write_rows(args.json, rows)
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

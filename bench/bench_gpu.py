@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 # `python bench/bench_gpu.py` puts bench/ itself on sys.path; its modules are named from the root.
 sys.path.insert(0, str(REPO))
 
-from bench.results import Row, write_rows  # noqa: E402
+from bench.results import Row, report  # noqa: E402
 
 GPT_RATIO = "GPU: GPT-2 124M tokens/s, ours / plain loop"
 GPT_MFU = "GPU: GPT-2 124M MFU"
@@ -155,10 +155,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (bench/results.py)")
     args = parser.parse_args()
     rows = gpu_rows(args.only, args.repeats, args.steps, args.skip_windows)
-    for row in rows:
-        print(row.line())
-    if args.json:
-        write_rows(args.json, rows)
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

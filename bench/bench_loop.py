@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.results import Row, worst, write_rows  # noqa: E402
+from bench.results import Row, report, worst  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLCONFIGDIR": tempfile.mkdtemp()}
@@ -83,9 +83,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the row here")
     args = parser.parse_args()
     row = measure(args.steps, args.repeats)
-    print(row.line())
-    if args.json:
-        write_rows(args.json, [row])
+    report([row], args.json)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import OthersCpu  # noqa: E402
 from bench.phases import PHASES, Recovery, rank_pids, read_marks, recovery  # noqa: E402
-from bench.results import Row, worst, write_rows  # noqa: E402
+from bench.results import Row, report, worst  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TIMELINE_ENV = "GANGRUN_TIMELINE"
@@ -117,9 +117,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the row as JSON (bench/results.py)")
     args = parser.parse_args()
     row = recovery_row(args.repeats)
-    print(row.line())
-    if args.json:
-        write_rows(args.json, [row])
+    report([row], args.json)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,14 @@ def worst(values: list[float], compare: str) -> float:
     return min(values) if compare == ">=" else max(values)
 
 
+def report(rows: list[Row], json_path: str | None) -> None:
+    """What every bench script ends with: its rows printed, and written as JSON when asked (``--json``)."""
+    for row in rows:
+        print(row.line(), flush=True)
+    if json_path:
+        write_rows(json_path, rows)
+
+
 def write_rows(path: str | Path, rows: list[Row]) -> None:
     Path(path).write_text(json.dumps([row.to_json() for row in rows], indent=1) + "\n")
 

@@ -11,8 +11,9 @@ import argparse
 import os
 import signal
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import torch.distributed.elastic.multiprocessing.api as processes_api
@@ -115,15 +116,21 @@ def bound_stops(pcontext: PContext, hooks: AgentHooks) -> None:
 
 
 @contextmanager
-def agent_class(cls: type[LocalElasticAgent]) -> Iterator[None]:
-    """Make torchrun's launch_agent build ``cls``: it takes no agent class and looks
-    ``LocalElasticAgent`` up as a global of torch.distributed.launcher.api."""
-    original = launcher_api.LocalElasticAgent
-    launcher_api.LocalElasticAgent = cls  # type: ignore[misc]
+def module_global(module: ModuleType, name: str, value: object) -> Iterator[None]:
+    """``module.name`` is ``value`` while the block runs: where torchrun builds a class by its global
+    name and takes no argument for another."""
+    original = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        launcher_api.LocalElasticAgent = original  # type: ignore[misc]
+        setattr(module, name, original)
+
+
+def agent_class(cls: type[LocalElasticAgent]) -> AbstractContextManager[None]:
+    """Make torchrun's launch_agent build ``cls``: it takes no agent class and looks
+    ``LocalElasticAgent`` up as a global of torch.distributed.launcher.api."""
+    return module_global(launcher_api, "LocalElasticAgent", cls)
 
 
 class PromptTailLog(TailLog):
@@ -135,16 +142,10 @@ class PromptTailLog(TailLog):
         self._interval_sec = min(self._interval_sec, TAIL_INTERVAL_S)
 
 
-@contextmanager
-def prompt_log_tails() -> Iterator[None]:
+def prompt_log_tails() -> AbstractContextManager[None]:
     """Make torchrun's process contexts tail their workers' logs with PromptTailLog: they build
     ``TailLog`` by its global name in torch.distributed.elastic.multiprocessing.api."""
-    original = processes_api.TailLog
-    processes_api.TailLog = PromptTailLog  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        processes_api.TailLog = original  # type: ignore[misc]
+    return module_global(processes_api, "TailLog", PromptTailLog)
 
 
 def takes_prefix_flag() -> bool:
