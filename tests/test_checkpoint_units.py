@@ -220,3 +220,12 @@ def signalled_at_once() -> type[StopFlag]:
             return super().requested(world)
 
     return SignalledAtOnce
+
+
+def test_a_blocking_save_writes_one_file_per_core_the_rank_has_to_itself() -> None:
+    from train.checkpoint_io import MAX_WRITE_THREADS, write_threads
+
+    assert write_threads({"LOCAL_WORLD_SIZE": "1"}, cpus=2) == 2
+    assert write_threads({"LOCAL_WORLD_SIZE": "2"}, cpus=2) == 1
+    assert write_threads({"LOCAL_WORLD_SIZE": "8"}, cpus=4) == 1
+    assert write_threads({}, cpus=64) == MAX_WRITE_THREADS

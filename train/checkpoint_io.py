@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch.distributed.checkpoint import FileSystemWriter
@@ -22,13 +22,14 @@ from train.compat import FsspecWriter
 MAX_WRITE_THREADS = 4
 
 
-def write_threads(cpus: int | None = os.cpu_count(), local_ranks: int = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-                  ) -> int:
-    """Files each rank writes at once: one per core it has to itself. A write serializes with the GIL
-    held and copies into the page cache, so a second thread only helps where a core is free for it:
-    on 2 cores a lone rank saved 184 MB at 1.1-2 x the speed with 2 threads, while 2 ranks with 2
-    threads each were slower than with 1 (bench/bench_checkpoint.py)."""
-    return max(1, min(MAX_WRITE_THREADS, (cpus or 1) // max(1, local_ranks)))
+def write_threads(environ: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
+    """Files each rank writes at once: one per core it has to itself (the machine's cores over the
+    node's ranks, torchrun's ``LOCAL_WORLD_SIZE``), read when a save starts. A write serializes with
+    the GIL held and copies into the page cache, so a second thread only helps where a core is free
+    for it: on 2 cores a lone rank saved 184 MB at 1.4-2 x the speed with 2 threads, while 2 ranks
+    with 2 threads each were slower than with 1 (bench/bench_checkpoint.py)."""
+    cores = cpus if cpus is not None else os.cpu_count() or 1
+    return max(1, min(MAX_WRITE_THREADS, cores // max(1, int(environ.get("LOCAL_WORLD_SIZE", "1")))))
 
 
 @contextlib.contextmanager
