@@ -100,3 +100,22 @@ def test_a_stop_signal_while_the_interpreter_exits_never_turns_0_into_143(side: 
         time.sleep(0.0005)
     # Without a decision CPython's finalization restores SIG_DFL and the signal kills the process.
     assert proc.returncode == (-signal.SIGTERM if side == "unsettled" else 0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_during_the_preflight_exits_75_with_one_line(tmp_path: Path, gangrun_env: dict[str, str],
+                                                             signum: signal.Signals) -> None:
+    """The stop lands while the node checks run, before the agent's guard exists (the chaos suite hit
+    it at random): a requeue with nothing started, not SignalException's traceback and 1."""
+    agent = (f"import os, signal, sys\n"
+             f"import launcher.agent.main as agent\n"
+             f"agent.preflight_or_exit = lambda args: os.kill(os.getpid(), {int(signum)})\n"
+             f"sys.exit(agent.main(['--standalone', '--nproc-per-node=1', {WORKER!r}, '60']))\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, "-c", agent], env=gangrun_env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 75, proc.stderr
+    assert f"agent got {signum.name} while starting; nothing ran, exiting 75" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(cwd.iterdir()), "nothing is written before the workers start"

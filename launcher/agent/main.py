@@ -113,6 +113,12 @@ def _stop_torchrun(signum: int, _frame: object) -> None:
     raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.Signals(signum))
 
 
+def _stopped_while_starting(noted: list[int]) -> int:
+    print(f"gangrun: agent got {signal.Signals(noted[0]).name} while starting; nothing ran, exiting "
+          f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
+    return EXIT_REQUEUE
+
+
 def publish_verdict(guard: NodeGuard, verdict: Verdict) -> None:
     """This node's verdict for `gangrun run`, `status` and `logs`, next to its published ranks."""
     if guard.settings.status_dir is None:
@@ -131,13 +137,12 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     noted = noted if noted is not None else []
     policy = RequeuePolicy()
     policy.outlive_notice()
-    # From here until torchrun installs its own: during the rendezvous, a stop ends the agent as it would later.
+    # Until the guard exists, a stop is only noted: raised here, torchrun's SignalException would end
+    # the agent with a traceback and 1 instead of "nothing ran, requeue me".
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _stop_torchrun)
+        signal.signal(signum, lambda received, _frame: noted.append(received))
     if noted:
-        print(f"gangrun: agent got {signal.Signals(noted[0]).name} while starting; nothing ran, exiting "
-              f"{EXIT_REQUEUE}", file=sys.stderr, flush=True)
-        return EXIT_REQUEUE
+        return _stopped_while_starting(noted)
     settings, torchrun_argv = split_agent_args(sys.argv[1:] if argv is None else argv)
     args = parse_torchrun_args(torchrun_argv)
     protect_shipped_program(args)
@@ -153,6 +158,11 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
     fold_torchrun_failure_lines()
     hooks = Hooks(policy, guard)
     try:
+        # From here until torchrun installs its own: during the rendezvous, a stop ends the agent as it would later.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _stop_torchrun)
+        if noted:
+            return _stopped_while_starting(noted)
         with agent_class(hooked_agent_class(hooks)), prompt_log_tails():
             torchrun_run(args)
         # Every worker finished: 0 is decided, whatever stop arrives from here to the exit.
