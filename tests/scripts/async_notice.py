@@ -56,7 +56,9 @@ def main() -> None:
     saver.close()
     steps = sorted(p.name for p in Path(cfg.checkpoint_dir).iterdir() if (p / "commit.json").exists())
     shown = ",".join(hex(mask) for mask in masks)
-    print(f"rank {world.rank}: signalled {len(pids)} masks {shown} committed {' '.join(steps)}", flush=True)
+    # One write: torchrun starts workers with -u, where print writes the text and its newline apart,
+    # and the two ranks' lines ran together on the shared pipe.
+    os.write(1, f"rank {world.rank}: signalled {len(pids)} masks {shown} committed {' '.join(steps)}\n".encode())
     del run, saver
     close_world()
 
