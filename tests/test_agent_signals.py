@@ -119,3 +119,23 @@ def test_a_stop_during_the_preflight_exits_75_with_one_line(tmp_path: Path, gang
     assert f"agent got {signum.name} while starting; nothing ran, exiting 75" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(cwd.iterdir()), "nothing is written before the workers start"
+
+
+def test_a_second_stop_while_the_verdict_is_written_leaves_the_workers_code(tmp_path: Path,
+                                                                              gangrun_env: dict[str, str]) -> None:
+    """Slurm may signal again after the workers are gone: the code they decided stands, with no traceback."""
+    script = tmp_path / "exit3.py"
+    script.write_text("raise SystemExit(3)\n")
+    agent = ("import os, signal, sys\n"
+             "import launcher.agent.main as agent\n"
+             "decide = agent.failure_verdict\n"
+             "def stopped_meanwhile(*args):\n"
+             "    os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    return decide(*args)\n"
+             "agent.failure_verdict = stopped_meanwhile\n"
+             f"sys.exit(agent.main(['--standalone', '--nproc-per-node=1', {str(script)!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", agent], env=gangrun_env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "gangrun: failed: nonzero exit: rank 0 on" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr

@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
         ignore_stop_signals()
         guard.summary()
     except ChildFailedError as err:
+        # The workers are gone and their codes decide: a second stop (Slurm signals again) must not
+        # raise torchrun's SignalException in the middle of this branch.
+        ignore_stop_signals()
         if guard.hang is not None:
             print(f"gangrun: exiting {EXIT_HANG} (hang); {guard.hang.line.removeprefix('gangrun: ')}",
                   file=sys.stderr, flush=True)
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None, noted: list[int] | None = None) -> int:
         return verdict.code
     except SignalException as err:
         # torchrun stopped its workers because it was signalled: their codes say what that means.
+        ignore_stop_signals()
         status, why = stopped_status(policy.exit_codes)
         print(f"gangrun: agent stopped by {err.sigval.name}; {why}, exiting {status}", file=sys.stderr, flush=True)
         if status != EXIT_OK:
