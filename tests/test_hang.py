@@ -57,7 +57,10 @@ def test_a_rank_stalled_outside_collectives_is_named_with_every_ranks_stack(tmp_
     assert code == 124, output
     assert re.search(r"rank 1 \(\S+\) stuck \d+ s in stall_here\(\) at testhooks.py:\d+ after step \d \(train\)",
                      line), line
-    assert "rank 0 waits in _engine_run_backward()" in line and f"stacks in {out}/hang-" in line
+    # Rank 0 runs on into the next collective: DDP's all-reduce inside backward, or the stop flag's
+    # all-reduce where the step falls on one of its checks (their spacing follows the step time).
+    assert re.search(r"rank 0 waits in (_engine_run_backward|all_reduce)\(\)", line), line
+    assert f"stacks in {out}/hang-" in line
     folder = evidence(out)
     assert "stall_here" in (folder / "rank1.txt").read_text()
     assert "backward" in (folder / "rank0.txt").read_text()
