@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import re
 import subprocess
 import sys
@@ -86,3 +87,65 @@ def test_torch_load_reads_a_record_saved_without_its_crc32(tmp_path) -> None:
         torch.save(tensor, tmp_path / "t.pt")
     assert torch.serialization.get_crc32_options() is True
     assert torch.equal(torch.load(tmp_path / "t.pt", weights_only=True), tensor)
+
+
+def saved_record(obj: object) -> memoryview:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return memoryview(bytearray(buffer.getvalue()))
+
+
+SAVED_TENSORS = {
+    "float32 matrix": torch.randn(5, 7),
+    "transposed": torch.randn(4, 3).t(),
+    "view into a larger storage": torch.arange(20, dtype=torch.float64)[3:9],
+    "0-d": torch.tensor(2.5),
+    "empty": torch.empty(0, 3),
+    **{str(dtype): torch.arange(6).reshape(2, 3).to(dtype)
+       for dtype in (torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16, torch.int8,
+                     torch.uint8, torch.bool, torch.complex64, torch.complex128)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAVED_TENSORS))
+def test_a_torch_save_record_reads_as_torch_load_reads_it(name: str) -> None:
+    """train.compat.tensor_in_record reads the layout torch.save writes: a change to it fails here."""
+    record = saved_record(SAVED_TENSORS[name])
+    expected = torch.load(io.BytesIO(record), weights_only=True)
+    found = compat.tensor_in_record(record)
+    assert found is not None, f"torch.save's record of a {name} tensor no longer has the layout tensor_in_record reads"
+    assert (found.dtype, found.shape, found.stride()) == (expected.dtype, expected.shape, expected.stride())
+    assert torch.equal(found, expected)
+
+
+@pytest.mark.parametrize("obj", [torch.randn(3).to(torch.float8_e4m3fn), {"a": torch.ones(2)}, [1, 2],
+                                 torch.nn.Parameter(torch.ones(2))], ids=["float8", "dict", "list", "parameter"])
+def test_records_of_anything_else_are_left_to_torch_load(obj: object) -> None:
+    assert compat.tensor_in_record(saved_record(obj)) is None
+
+
+def test_a_dcp_checkpoint_loads_without_torch_load(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What DCP writes through our writer is read by tensor_in_record alone: if torch.save's records
+    change, the reader would still work through torch.load, only slower, and this says so."""
+    import torch.distributed.checkpoint as dcp
+
+    from train.checkpoint_io import LocalReader, LocalWriter
+
+    # Tensors only: DCP's planner unpickles other objects with torch.load itself.
+    state = {"w": torch.randn(64, 32), "b": torch.arange(32).bfloat16(), "step": torch.tensor(7)}
+    dcp.save(state, storage_writer=LocalWriter(str(tmp_path), threads=2), no_dist=True)
+    loaded = {"w": torch.zeros(64, 32), "b": torch.zeros(32, dtype=torch.bfloat16), "step": torch.tensor(0)}
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a record went to torch.load")
+
+    monkeypatch.setattr(torch, "load", refused)
+    dcp.load(loaded, storage_reader=LocalReader(str(tmp_path)), no_dist=True)
+    assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
+    assert loaded["step"].item() == 7
+
+
+def test_a_damaged_record_is_left_to_torch_load() -> None:
+    record = saved_record(torch.ones(4))
+    assert compat.tensor_in_record(record[:-30]) is None
+    assert compat.tensor_in_record(record[:10]) is None
