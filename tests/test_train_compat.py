@@ -74,7 +74,7 @@ def test_dcps_fsspec_storage_still_has_the_shape_we_use(tmp_path) -> None:
     assert {"path", "sync_files"} <= set(writer_params), f"FsspecWriter now takes {list(writer_params)}"
     assert isinstance(compat.FsspecWriter(f"file://{tmp_path}/w", sync_files=False), StorageWriter)
     (tmp_path / "r").mkdir()
-    assert isinstance(compat.fsspec_reader(f"file://{tmp_path}/r"), StorageReader)
+    assert isinstance(compat.FsspecReader(f"file://{tmp_path}/r"), StorageReader)
 
 
 def test_torch_load_reads_a_record_saved_without_its_crc32(tmp_path) -> None:
@@ -124,12 +124,13 @@ def test_records_of_anything_else_are_left_to_torch_load(obj: object) -> None:
     assert compat.tensor_in_record(saved_record(obj)) is None
 
 
-def test_a_dcp_checkpoint_loads_without_torch_load(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "fsspec"])
+def test_a_dcp_checkpoint_loads_without_torch_load(tmp_path, monkeypatch: pytest.MonkeyPatch, remote: bool) -> None:
     """What DCP writes through our writer is read by tensor_in_record alone: if torch.save's records
-    change, the reader would still work through torch.load, only slower, and this says so."""
+    change, the readers would still work through torch.load, only slower, and this says so."""
     import torch.distributed.checkpoint as dcp
 
-    from train.checkpoint_io import LocalReader, LocalWriter
+    from train.checkpoint_io import LocalReader, LocalWriter, RemoteReader
 
     # Tensors only: DCP's planner unpickles other objects with torch.load itself.
     state = {"w": torch.randn(64, 32), "b": torch.arange(32).bfloat16(), "step": torch.tensor(7)}
@@ -140,7 +141,8 @@ def test_a_dcp_checkpoint_loads_without_torch_load(tmp_path, monkeypatch: pytest
         raise AssertionError("a record went to torch.load")
 
     monkeypatch.setattr(torch, "load", refused)
-    dcp.load(loaded, storage_reader=LocalReader(str(tmp_path)), no_dist=True)
+    reader = RemoteReader(f"file://{tmp_path}") if remote else LocalReader(str(tmp_path))
+    dcp.load(loaded, storage_reader=reader, no_dist=True)
     assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
     assert loaded["step"].item() == 7
 

@@ -17,8 +17,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from torch.distributed.checkpoint import StorageReader, StorageWriter
 
-from train.checkpoint_io import LocalReader, LocalWriter, RemoteWriter, write_threads
-from train.compat import fsspec_reader
+from train.checkpoint_io import LocalReader, LocalWriter, RemoteReader, RemoteWriter, write_threads
 
 MANIFEST = "commit.json"
 METADATA = ".metadata"
@@ -66,7 +65,7 @@ class CheckpointStore:
         return RemoteWriter(self.fs.unstrip_protocol(path))
 
     def reader(self, path: str) -> StorageReader:
-        return LocalReader(path) if self.local else fsspec_reader(self.fs.unstrip_protocol(path))
+        return LocalReader(path) if self.local else RemoteReader(self.fs.unstrip_protocol(path))
 
     def is_committed(self, path: str) -> bool:
         return self.fs.exists(f"{path}/{METADATA}") and self.fs.exists(f"{path}/{MANIFEST}")

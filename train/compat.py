@@ -14,13 +14,12 @@ import struct
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint import StorageReader
 
 # DCP's writer and reader for any fsspec URL: only in DCP's private module as of torch 2.14.
-# train.checkpoint_io subclasses the writer.
+# train.checkpoint_io subclasses both.
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
-__all__ = ["TORCH_FLOOR", "FsspecWriter", "fsspec_reader", "tensor_in_record", "torch_floor_problem",
+__all__ = ["TORCH_FLOOR", "FsspecReader", "FsspecWriter", "tensor_in_record", "torch_floor_problem",
            "torch_version"]
 
 # DCP's staging API (DefaultStager, StagingOptions, AsyncSaveResponse) arrived in torch 2.9, and one
@@ -43,12 +42,6 @@ def torch_floor_problem(version: str = torch.__version__) -> str | None:
         return None
     floor = ".".join(map(str, TORCH_FLOOR))
     return f"{version} is older than {floor}, the oldest this program supports; use torch>={floor}"
-
-
-def fsspec_reader(url: str) -> StorageReader:
-    """DCP's reader for any fsspec URL (see FsspecWriter)."""
-    reader: StorageReader = FsspecReader(url)
-    return reader
 
 
 # -- torch.save's records, read without torch.load ----------------------------------------------
