@@ -229,3 +229,14 @@ def test_a_blocking_save_writes_one_file_per_core_the_rank_has_to_itself() -> No
     assert write_threads({"LOCAL_WORLD_SIZE": "2"}, cpus=2) == 1
     assert write_threads({"LOCAL_WORLD_SIZE": "8"}, cpus=4) == 1
     assert write_threads({}, cpus=64) == MAX_WRITE_THREADS
+
+
+def test_a_blocking_save_to_an_object_store_uploads_several_files_at_once(tmp_path) -> None:
+    from train.checkpoint_io import REMOTE_WRITE_THREADS, RemoteWriter
+    from train.checkpoint_store import CheckpointStore
+
+    store = CheckpointStore(f"memory://{tmp_path.name}/ckpt")
+    blocking, background = store.writer(store.path(1)), store.writer(store.path(1), background=True)
+    assert isinstance(blocking, RemoteWriter) and isinstance(background, RemoteWriter)
+    assert blocking.thread_count == REMOTE_WRITE_THREADS > 1
+    assert background.thread_count == 1

@@ -25,6 +25,10 @@ from train.compat import FsspecReader, FsspecWriter, tensor_in_record
 
 # At most this many files a rank writes at once into a local folder (DCP's default is 1).
 MAX_WRITE_THREADS = 4
+# Files a rank uploads at once to an object store, whatever its cores: 184 MB from 2 ranks to moto
+# went at 68-98 MB/s with 1, 98 with 2 and 168-188 with 4 (bench/bench_checkpoint.py --s3); smaller
+# files also go up in one PUT each instead of s3fs's sequential 50 MiB parts.
+REMOTE_WRITE_THREADS = 4
 # What a remote read fetches at once: one GET per this many bytes of a file read front to back.
 REMOTE_READ_AHEAD = 64 << 20
 
@@ -68,11 +72,12 @@ class LocalWriter(FileSystemWriter):
 
 
 class RemoteWriter(FsspecWriter):
-    """Any fsspec URL (s3://...). No fsync: it fails on a non-local stream (pytorch#142396,
-    pytorch#144752); an object store shows an object whole once its upload closes."""
+    """Any fsspec URL (s3://...), ``threads`` files uploading at once: an upload mostly waits on the
+    network, and s3fs sends a file's parts one after another. No fsync: it fails on a non-local
+    stream (pytorch#142396, pytorch#144752); an object store shows an object whole once its upload closes."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url, sync_files=False)
+    def __init__(self, url: str, threads: int) -> None:
+        super().__init__(url, sync_files=False, thread_count=threads)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         with crc32_off():

@@ -17,7 +17,14 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from torch.distributed.checkpoint import StorageReader, StorageWriter
 
-from train.checkpoint_io import LocalReader, LocalWriter, RemoteReader, RemoteWriter, write_threads
+from train.checkpoint_io import (
+    REMOTE_WRITE_THREADS,
+    LocalReader,
+    LocalWriter,
+    RemoteReader,
+    RemoteWriter,
+    write_threads,
+)
 
 MANIFEST = "commit.json"
 METADATA = ".metadata"
@@ -59,10 +66,11 @@ class CheckpointStore:
 
     def writer(self, path: str, background: bool = False) -> StorageWriter:
         """``background``: a save behind training writes one file at a time, leaving the cores to the
-        step; a save training waits for writes with a thread per core the rank has to itself."""
+        step; a save training waits for writes with a thread per core the rank has to itself, or for
+        REMOTE_WRITE_THREADS uploads at once."""
         if self.local:
             return LocalWriter(path, 1 if background else write_threads())
-        return RemoteWriter(self.fs.unstrip_protocol(path))
+        return RemoteWriter(self.fs.unstrip_protocol(path), 1 if background else REMOTE_WRITE_THREADS)
 
     def reader(self, path: str) -> StorageReader:
         return LocalReader(path) if self.local else RemoteReader(self.fs.unstrip_protocol(path))
