@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 from typing import Any
 
@@ -240,3 +241,45 @@ def test_a_blocking_save_to_an_object_store_uploads_several_files_at_once(tmp_pa
     assert isinstance(blocking, RemoteWriter) and isinstance(background, RemoteWriter)
     assert blocking.thread_count == REMOTE_WRITE_THREADS > 1
     assert background.thread_count == 1
+
+
+@pytest.mark.parametrize("free_mib, async_saves", [(1, False), (None, True), (1 << 20, True)],
+                         ids=["short", "no-dev-shm", "room"])
+def test_async_saves_stage_only_where_dev_shm_holds_the_state(tmp_path, monkeypatch, caplog, free_mib: int | None,
+                                                              async_saves: bool) -> None:
+    """A container's 64 MiB /dev/shm would end the run at its first async save (SIGBUS or ENOSPC in
+    shared memory): the saves go blocking instead, every checkpoint still committed, with one line."""
+    import train.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "shm_free_bytes", lambda: None if free_mib is None else free_mib << 20)
+    staged: list[int] = []
+    in_background = Checkpointer._save_in_background
+
+    def counted(self: Checkpointer, *args: Any) -> None:
+        staged.append(args[2])
+        in_background(self, *args)
+
+    monkeypatch.setattr(Checkpointer, "_save_in_background", counted)
+    out = tmp_path / "run"
+    run_in_process([*DIGITS, "train.max_steps=10", "checkpoint.async_save=true", f"output_dir={out}"])
+    assert committed_steps(out / "checkpoints") == [5, 10]
+    assert (staged == [5]) == async_saves, staged
+    shortfall = [r.getMessage() for r in caplog.records if "async saves stage" in r.getMessage()]
+    assert bool(shortfall) != async_saves
+    if shortfall:
+        assert re.fullmatch(r"checkpoint: /dev/shm has 1 MiB free, short of the \d+ MiB async saves stage "
+                            r"\(1 rank\(s\) on this node x \d+ MiB\); saving blocking instead: give the container "
+                            r"a larger /dev/shm \(--shm-size on Kubernetes and docker\) or set "
+                            r"checkpoint.async_save=false",
+                            shortfall[0])
+
+
+def test_the_staged_state_of_every_rank_on_the_node_must_fit_together() -> None:
+    from train.staging_room import MIB, staging_shortfall, state_bytes
+
+    per_rank = state_bytes({"model": {"w": torch.zeros(15 * MIB // 4)}, "optimizer": [torch.zeros(15 * MIB // 4)],
+                            "step": 3})
+    assert per_rank == 30 * MIB
+    assert staging_shortfall(free=64 * MIB, per_rank=per_rank, local_ranks=2) is None
+    assert staging_shortfall(free=64 * MIB, per_rank=per_rank, local_ranks=4) == (
+        "/dev/shm has 64 MiB free, short of the 120 MiB async saves stage (4 rank(s) on this node x 30 MiB)")

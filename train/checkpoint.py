@@ -38,10 +38,11 @@ from train.checkpoint_io import save_planner
 from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
 from train.contract import NOTICE_SIGNAL
-from train.distributed import World
+from train.distributed import World, all_reduce_sum
 from train.metrics import log
 from train.progress import Progress
 from train.rng import capture_rng, restore_rng, rng_key
+from train.staging_room import shm_free_bytes, staging_shortfall, state_bytes
 from train.stream import DataStream
 
 # A world of one saves and loads with no process group on purpose; DCP warns about that on every call.
@@ -293,6 +294,8 @@ class Checkpointer:
     def _save(self, parts: TrainingParts, step: int, path: str, blocking: bool) -> None:
         self.wait()
         sd = self._state_dict(parts, with_rng=True)
+        if not blocking and self._async_pool is not None and self._stager is None:
+            self._async_pool = self._async_pool_if_room(self._async_pool, sd)
         pool = None if blocking else self._async_pool
         writer = self.store.writer(path, background=pool is not None)
         if pool is None:
@@ -304,6 +307,21 @@ class Checkpointer:
         if isinstance(staged, Future):
             self._staging = staged
         self._pending = pool.submit(self._save_in_background, staged, writer, step, path, sorted(sd))
+
+    def _async_pool_if_room(self, pool: ThreadPoolExecutor, sd: STATE_DICT_TYPE) -> ThreadPoolExecutor | None:
+        """At the first async save: ``pool`` where every node's /dev/shm holds its ranks' staged state,
+        else None, and every rank saves blocking from then on (they must agree: the two kinds of save
+        run different collectives). A short /dev/shm would otherwise end the run at that save with
+        SIGBUS or ENOSPC from shared memory (a container's default is 64 MiB)."""
+        short = staging_shortfall(shm_free_bytes(), state_bytes(sd), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        [nodes_short] = all_reduce_sum([float(short is not None)], self.world)
+        if not nodes_short:
+            return pool
+        if short is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+            log.warning(f"checkpoint: {short}; saving blocking instead: give the container a larger /dev/shm "
+                        "(--shm-size on Kubernetes and docker) or set checkpoint.async_save=false")
+        pool.shutdown(wait=False)
+        return None
 
     def _stager_for(self, model: nn.Module) -> DefaultStager:
         """The run's one stager, made at its first async save: it keeps its copies between saves
