@@ -91,7 +91,10 @@ def test_a_sigstopped_rank_is_caught_and_nothing_is_left_running(tmp_path: Path,
     assert "rank 1 (" in hang_line(output) and "stopped by a signal (state T)" in hang_line(output)
     # py-spy's dump, or where it could not read the stopped rank, the program's own faulthandler.
     dump = (evidence(out) / "rank1.txt").read_text()
-    assert re.search(r"state T via (py-spy|faulthandler)", dump) and "train_step" in dump, dump
+    assert re.search(r"state T via (py-spy|faulthandler)", dump), dump
+    # Stopped somewhere in the training loop: inside train_step, or between steps (the stop flag's
+    # all-reduce, the metrics), where a 6 ms step now spends half its time.
+    assert re.search(r"fit \(train/loop\.py:\d+\)|train/loop\.py\", line \d+ in fit", dump), dump
     assert leftovers(str(out)) == []
 
 
