@@ -1,5 +1,5 @@
 """How checkpoint bytes reach storage and come back: DCP's writers without torch.save's CRC-32, a
-planner that caches its plan, and a local reader that reads each file front to back without torch.load.
+planner that caches its plan, and readers that read each file front to back without torch.load.
 
 The writers and the planner are picklable, module-level classes: an async save hands them to DCP's
 checkpoint process.
