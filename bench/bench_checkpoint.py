@@ -7,7 +7,7 @@ first), K plain training steps, and an async save followed by the same K steps
 and the wait for its commit. "Blocked" is what the async save added to those K steps' wall time,
 its call included, so work it steals from training later counts too. Medians of the repeats.
 
-The state is a FSDP-sharded transformer plus AdamW state, about 184 MB in all (``--d-model``,
+The state is a FSDP-sharded transformer plus AdamW state, about 192 MB in all (``--d-model``,
 ``--layers`` change it), on 2 ranks (on a 2-core machine the checkpoint process competes with
 training for the cores) and on 1 rank (the spare core shows the cost without that contention).
 ``--s3`` adds the same save and load against moto's S3 server on loopback, beside a raw upload and
