@@ -102,19 +102,24 @@ def test_a_stop_signal_while_the_interpreter_exits_never_turns_0_into_143(side: 
     assert proc.returncode == (-signal.SIGTERM if side == "unsettled" else 0)
 
 
+def agent_patched(patch: str, program: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The agent's main() in its own process on one worker running ``program``, after ``patch`` (Python
+    with ``os``, ``signal`` and the module as ``agent``) puts a real signal at one moment of its run."""
+    code = (f"import os, signal, sys\nimport launcher.agent.main as agent\n{patch}\n"
+            f"sys.exit(agent.main(['--standalone', '--nproc-per-node=1', *{program!r}]))\n")
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_stop_during_the_preflight_exits_75_with_one_line(tmp_path: Path, gangrun_env: dict[str, str],
                                                              signum: signal.Signals) -> None:
     """The stop lands while the node checks run, before the agent's guard exists (the chaos suite hit
     it at random): a requeue with nothing started, not SignalException's traceback and 1."""
-    agent = (f"import os, signal, sys\n"
-             f"import launcher.agent.main as agent\n"
-             f"agent.preflight_or_exit = lambda args: os.kill(os.getpid(), {int(signum)})\n"
-             f"sys.exit(agent.main(['--standalone', '--nproc-per-node=1', {WORKER!r}, '60']))\n")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = subprocess.run([sys.executable, "-c", agent], env=gangrun_env, cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    proc = agent_patched(f"agent.preflight_or_exit = lambda args: os.kill(os.getpid(), {int(signum)})",
+                         [WORKER, "60"], gangrun_env, cwd)
     assert proc.returncode == 75, proc.stderr
     assert f"agent got {signum.name} while starting; nothing ran, exiting 75" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -126,16 +131,11 @@ def test_a_second_stop_while_the_verdict_is_written_leaves_the_workers_code(tmp_
     """Slurm may signal again after the workers are gone: the code they decided stands, with no traceback."""
     script = tmp_path / "exit3.py"
     script.write_text("raise SystemExit(3)\n")
-    agent = ("import os, signal, sys\n"
-             "import launcher.agent.main as agent\n"
-             "decide = agent.failure_verdict\n"
-             "def stopped_meanwhile(*args):\n"
-             "    os.kill(os.getpid(), signal.SIGTERM)\n"
-             "    return decide(*args)\n"
-             "agent.failure_verdict = stopped_meanwhile\n"
-             f"sys.exit(agent.main(['--standalone', '--nproc-per-node=1', {str(script)!r}]))\n")
-    proc = subprocess.run([sys.executable, "-c", agent], env=gangrun_env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = agent_patched("decide = agent.failure_verdict\n"
+                         "def stopped_meanwhile(*args):\n"
+                         "    os.kill(os.getpid(), signal.SIGTERM)\n"
+                         "    return decide(*args)\n"
+                         "agent.failure_verdict = stopped_meanwhile", [str(script)], gangrun_env, tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert "gangrun: failed: nonzero exit: rank 0 on" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
