@@ -232,6 +232,22 @@ def test_a_blocking_save_writes_one_file_per_core_the_rank_has_to_itself() -> No
     assert write_threads({}, cpus=64) == MAX_WRITE_THREADS
 
 
+def test_a_rank_file_ends_with_its_small_records_side_by_side(tmp_path) -> None:
+    """Every rank loads the small replicated items (AdamW's step counters); in one run they must
+    come in one read, not as records scattered between another rank's large shards."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from train.checkpoint_io import LocalWriter
+
+    state = {f"layer{i}.{kind}": torch.zeros(size) for i in range(4)
+             for kind, size in (("weight", 4096), ("step", 1), ("bias", 64))}
+    dcp.save(state, storage_writer=LocalWriter(str(tmp_path), threads=1), no_dist=True)
+    where = FileSystemReader(str(tmp_path)).read_metadata().storage_data
+    offsets = {index.fqn: stored.offset for index, stored in where.items()}
+    by_offset = sorted(offsets, key=offsets.__getitem__)
+    assert [fqn.split(".")[1] for fqn in by_offset] == ["weight"] * 4 + ["bias"] * 4 + ["step"] * 4, by_offset
+
+
 def test_a_blocking_save_to_an_object_store_uploads_several_files_at_once(tmp_path) -> None:
     from train.checkpoint_io import REMOTE_WRITE_THREADS, RemoteWriter
     from train.checkpoint_store import CheckpointStore
