@@ -1,11 +1,12 @@
 """Checkpoint I/O side by side in one run: save and load vs raw I/O of the same bytes; what async saves cost training.
 
-Per repeat, interleaved: a raw write+fsync of every rank's shard bytes, our synchronous save (the
-training program's Checkpointer: DCP, commit, pruning), a raw read of those bytes into the tensors,
-our load of that checkpoint (both reads from the disk: the files are dropped from the page cache
-first), K plain training steps, and an async save followed by the same K steps
-and the wait for its commit. "Blocked" is what the async save added to those K steps' wall time,
-its call included, so work it steals from training later counts too. Medians of the repeats.
+Per repeat, interleaved: a raw write+fsync of every rank's shard bytes and our synchronous save
+(the training program's Checkpointer: DCP, commit, pruning), then a raw read of those bytes into
+the tensors and our load of that checkpoint (both reads from the disk: the files are dropped from
+the page cache first), each pair in turns so that neither side always goes first; K plain
+training steps, and an async save followed by the same K steps and the wait for its commit.
+"Blocked" is what the async save added to those K steps' wall time, its call included, so work it
+steals from training later counts too. Medians of the repeats.
 
 The state is a FSDP-sharded transformer plus AdamW state, about 192 MB in all (``--d-model``,
 ``--layers`` change it), on 2 ranks (on a 2-core machine the checkpoint process competes with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import statistics
@@ -96,6 +98,9 @@ def worker(args: argparse.Namespace) -> None:
     from train.loop import build_run, train_step
     from train.recorder import NoRecorder
 
+    # As the training program does once imported (train/__main__.py): without it, a full collection
+    # walked torch's objects for 0.1 s in one load of every run, a pause no training rank takes.
+    gc.freeze()
     tmp = Path(os.environ["GANGRUN_BENCH_TMP"])
     overrides = [f"model.d_model={args.d_model}", f"model.n_layer={args.layers}", "model.n_head=8",
                  "model.seq_len=32", "data.fake_train_size=256", "train.global_batch_size=4",
@@ -184,12 +189,18 @@ def worker(args: argparse.Namespace) -> None:
 
     figures: dict[str, list[float]] = {name: [] for name in
                                        ("raw_write", "save", "raw_read", "load", "steps", "steps_with_async")}
-    for _ in range(args.repeats):
-        figures["raw_write"].append(timed(raw_write))
-        figures["save"].append(timed(lambda: sync_saver.save(run.parts, blocking=True)))
-        figures["raw_read"].append(timed(evicted(raw_read, raw_path)))
-        figures["load"].append(timed(evicted(lambda: sync_saver.load(newest(sync_saver), run.parts),
-                                             Path(newest(sync_saver)))))
+
+    def in_turns(repeat: int, *pair: tuple[str, Callable[[], Any]]) -> None:
+        """Time both, each first in every other repeat: on this VM the second of two reads after a
+        large write went at half the speed of the first, whichever of them it was (the host still
+        writing back), so a fixed order would hand one side that penalty in every repeat."""
+        for name, action in pair if repeat % 2 == 0 else reversed(pair):
+            figures[name].append(timed(action))
+
+    for repeat in range(args.repeats):
+        in_turns(repeat, ("raw_write", raw_write), ("save", lambda: sync_saver.save(run.parts, blocking=True)))
+        in_turns(repeat, ("raw_read", evicted(raw_read, raw_path)),
+                 ("load", evicted(lambda: sync_saver.load(newest(sync_saver), run.parts), Path(newest(sync_saver)))))
         figures["steps"].append(timed(lambda: steps(k)))
         figures["steps_with_async"].append(timed(async_then_steps))
     s3 = s3_figures(args.s3_url, local, saver, run.parts, timed, world.rank, args.repeats) if args.s3_url else {}
