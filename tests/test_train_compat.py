@@ -118,6 +118,35 @@ def test_a_torch_save_record_reads_as_torch_load_reads_it(name: str) -> None:
     assert torch.equal(found, expected)
 
 
+@pytest.mark.parametrize("name", sorted(SAVED_TENSORS))
+def test_a_contiguous_tensor_bytes_are_found_from_its_record_head(name: str) -> None:
+    """train.compat.tensor_bytes_in_head finds a contiguous tensor's bytes from a record's first 4 kB
+    (DCP's readers read large tensors straight into place with it): a change to torch.save's layout
+    fails here; what is not a whole contiguous storage is declined."""
+    from train.checkpoint_io import RECORD_HEAD_BYTES
+
+    tensor = SAVED_TENSORS[name]
+    record = saved_record(tensor)
+    found = compat.tensor_bytes_in_head(record[:RECORD_HEAD_BYTES])
+    whole = tensor.is_contiguous() and tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == (
+        tensor.numel() * tensor.element_size())
+    assert (found is not None) == whole, f"torch.save's record of a {name} tensor: {found}"
+    if found is not None:
+        assert (found.dtype, found.shape) == (tensor.dtype, tuple(tensor.shape))
+        stored = torch.frombuffer(record, dtype=torch.uint8, count=found.nbytes, offset=found.start) if found.nbytes \
+            else torch.empty(0, dtype=torch.uint8)
+        assert torch.equal(stored.view(tensor.dtype).reshape(tensor.shape), tensor)
+
+
+def test_a_record_head_that_is_cut_short_or_not_a_tensor_is_declined() -> None:
+    record = saved_record(torch.ones(4))
+    assert compat.tensor_bytes_in_head(record[:200]) is None
+    assert compat.tensor_bytes_in_head(record[:10]) is None
+    assert compat.tensor_bytes_in_head(saved_record({"a": torch.ones(2)})) is None
+    big_endian = bytes(record).replace(b"little", b"bigxxx")
+    assert compat.tensor_bytes_in_head(memoryview(big_endian)) is None
+
+
 @pytest.mark.parametrize("obj", [torch.randn(3).to(torch.float8_e4m3fn), {"a": torch.ones(2)}, [1, 2],
                                  torch.nn.Parameter(torch.ones(2))], ids=["float8", "dict", "list", "parameter"])
 def test_records_of_anything_else_are_left_to_torch_load(obj: object) -> None:
@@ -145,6 +174,38 @@ def test_a_dcp_checkpoint_loads_without_torch_load(tmp_path, monkeypatch: pytest
     dcp.load(loaded, storage_reader=reader, no_dist=True)
     assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
     assert loaded["step"].item() == 7
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "fsspec"])
+def test_large_tensors_are_read_straight_into_place_and_the_rest_through_the_buffer(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, remote: bool) -> None:
+    """A large record whose tensor is all of a contiguous target goes into that target without a
+    copy; a small tensor and a view that is not contiguous still load through the buffer, to the
+    same values. (Parts of a tensor, as another sharding asks for, are test_checkpoint_resume's.)"""
+    import torch.distributed.checkpoint as dcp
+
+    import train.checkpoint_io as checkpoint_io
+    from train.checkpoint_io import DIRECT_READ_BYTES, LocalReader, LocalWriter, RemoteReader
+
+    big = DIRECT_READ_BYTES // 4 * 2
+    state = {"big": torch.randn(big), "bf16": torch.randn(big).bfloat16(), "small": torch.randn(10),
+             "transposed": torch.randn(256, 128)}
+    dcp.save(state, storage_writer=LocalWriter(str(tmp_path), threads=1), no_dist=True)
+    targets = {"big": torch.zeros(big), "bf16": torch.zeros(big, dtype=torch.bfloat16), "small": torch.zeros(10),
+               "transposed": torch.zeros(128, 256).t()}
+    buffered: list[str] = []
+    through_buffer = checkpoint_io._apply
+
+    def counted(item, record, planner) -> None:
+        buffered.append(item.storage_index.fqn)
+        through_buffer(item, record, planner)
+
+    monkeypatch.setattr(checkpoint_io, "_apply", counted)
+    reader = RemoteReader(f"file://{tmp_path}") if remote else LocalReader(str(tmp_path))
+    dcp.load(targets, storage_reader=reader, no_dist=True)
+    assert sorted(buffered) == ["small", "transposed"]
+    for name, tensor in state.items():
+        assert torch.equal(targets[name], tensor), name
 
 
 def test_a_damaged_record_is_left_to_torch_load() -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,8 +21,8 @@ import torch
 # train.checkpoint_io subclasses both.
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
-__all__ = ["TORCH_FLOOR", "FsspecReader", "FsspecWriter", "tensor_in_record", "torch_floor_problem",
-           "torch_version"]
+__all__ = ["TORCH_FLOOR", "FsspecReader", "FsspecWriter", "TensorBytes", "tensor_bytes_in_head", "tensor_in_record",
+           "torch_floor_problem", "torch_version"]
 
 # DCP's staging API (DefaultStager, StagingOptions, AsyncSaveResponse) arrived in torch 2.9, and one
 # stager reused across saves crashed from 2.11 until pytorch#183424 (merged 2026-06, in 2.13.0).
@@ -137,3 +139,74 @@ def tensor_in_record(record: memoryview) -> torch.Tensor | None:
     flat = torch.frombuffer(record, dtype=dtype, count=numel, offset=where) if numel else torch.empty(0, dtype=dtype)
     return flat.as_strided(shape, stride, offset)
 
+
+
+@dataclass(frozen=True)
+class TensorBytes:
+    """A contiguous tensor's bytes in its torch.save record: from ``start``, ``shape`` of ``dtype``."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def tensor_bytes_in_head(head: memoryview) -> TensorBytes | None:
+    """Where the bytes of the contiguous tensor a torch.save record holds start, from the record's
+    first bytes alone (``head``), so a reader can read them straight into their tensor; None where
+    ``head`` does not show that (then read the whole record).
+
+    The zip directory that tensor_in_record reads is at the record's end. Its local headers carry
+    no sizes (torch's writer streams each entry and puts its sizes after it), so this unpickles
+    data.pkl, which ends itself, then finds its storage's entry by the local header's signature and
+    name. The entries before it are a few bytes each, and the storage starts aligned within 1 kB.
+    """
+    try:
+        magic, _, _, method, *_, name_len, extra_len = _ZIP_LOCAL.unpack_from(head, 0)
+    except struct.error:
+        return None
+    first = _ZIP_LOCAL.size + name_len + extra_len
+    name = bytes(head[_ZIP_LOCAL.size:_ZIP_LOCAL.size + name_len])
+    if magic != b"PK\x03\x04" or method != 0 or not name.endswith(b"/data.pkl"):
+        return None
+    pickled = io.BytesIO(head[first:])
+    try:
+        storage, offset, shape, stride = _RecordUnpickler(pickled).load()
+    except (pickle.UnpicklingError, ValueError, TypeError, EOFError):
+        return None
+    if not isinstance(storage, _Storage):
+        return None
+    dtype, key, numel = storage
+    if offset != 0 or numel != math.prod(shape) or tuple(stride) != _contiguous_strides(shape):
+        return None
+    at = _storage_start(bytes(head), first + pickled.tell(), key)
+    return None if at is None else TensorBytes(dtype, tuple(shape), at)
+
+
+def _storage_start(head: bytes, start: int, key: str) -> int | None:
+    """Where entry data/<key>'s bytes start, from the local headers in ``head`` after ``start``; None
+    where it is not there, not stored, or follows a byteorder entry other than little-endian."""
+    wanted = f"data/{key}".encode()
+    at = head.find(b"PK\x03\x04", start)
+    while 0 <= at <= len(head) - _ZIP_LOCAL.size:
+        _, _, _, method, _, _, _, _, _, name_len, extra_len = _ZIP_LOCAL.unpack_from(head, at)
+        name_at = at + _ZIP_LOCAL.size
+        data = name_at + name_len + extra_len
+        name = head[name_at:name_at + name_len].partition(b"/")[2]
+        if name == b"byteorder" and head[data:data + 6] != b"little":
+            return None
+        if name == wanted:
+            return data if method == 0 else None
+        at = head.find(b"PK\x03\x04", at + 1)
+    return None
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
