@@ -44,7 +44,7 @@ BIN = Path(sys.executable).parent
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6, help="rounded up to an even count")
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--d-model", type=int, default=512)
     parser.add_argument("--layers", type=int, default=5)
