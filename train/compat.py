@@ -140,7 +140,6 @@ def tensor_in_record(record: memoryview) -> torch.Tensor | None:
     return flat.as_strided(shape, stride, offset)
 
 
-
 @dataclass(frozen=True)
 class TensorBytes:
     """A contiguous tensor's bytes in its torch.save record: from ``start``, ``shape`` of ``dtype``."""
@@ -162,7 +161,7 @@ def tensor_bytes_in_head(head: memoryview) -> TensorBytes | None:
     The zip directory that tensor_in_record reads is at the record's end. Its local headers carry
     no sizes (torch's writer streams each entry and puts its sizes after it), so this unpickles
     data.pkl, which ends itself, then finds its storage's entry by the local header's signature and
-    name. The entries before it are a few bytes each, and the storage starts aligned within 1 kB.
+    name. The entries before it are a few bytes each: the storage's bytes start in the first kilobyte.
     """
     try:
         magic, _, _, method, *_, name_len, extra_len = _ZIP_LOCAL.unpack_from(head, 0)
