@@ -248,6 +248,49 @@ def test_a_rank_file_ends_with_its_small_records_side_by_side(tmp_path) -> None:
     assert [fqn.split(".")[1] for fqn in by_offset] == ["weight"] * 4 + ["bias"] * 4 + ["step"] * 4, by_offset
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "fsspec"])
+def test_a_failed_write_thread_fails_the_save(tmp_path, remote: bool) -> None:
+    """DCP's writer drops a failure in a write thread of its own and reports the others' writes as
+    the whole save (pytorch#191391): the save must fail, with no metadata written."""
+    import threading
+
+    from torch.distributed.checkpoint import CheckpointException
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    from train.checkpoint_io import LocalWriter, RemoteWriter
+
+    class FailsOffTheCallingThread(DefaultSavePlanner):
+        def resolve_data(self, write_item: Any) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                raise OSError("a write failed")
+            return super().resolve_data(write_item)
+
+    state = {f"t{i}": torch.randn(1000) for i in range(6)}
+    writer = RemoteWriter(f"file://{tmp_path}", threads=2) if remote else LocalWriter(str(tmp_path), threads=2)
+    with pytest.raises(CheckpointException, match="items were not written: a write thread failed"):
+        dcp.save(state, storage_writer=writer, planner=FailsOffTheCallingThread(), no_dist=True)
+    assert not (tmp_path / METADATA).exists()
+
+
+def test_a_full_disk_is_raised_as_the_error_that_says_so() -> None:
+    """torch.save makes its own RuntimeError of a write's ENOSPC; DCP's exchange of failures between
+    ranks would drop the OSError it keeps as context."""
+    import errno
+
+    from train.checkpoint_io import space_errors_kept
+
+    with pytest.raises(OSError) as raised, space_errors_kept():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            # torch.save's shape: the OSError only as the context of its own error.
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
+    assert raised.value.errno == errno.ENOSPC
+    with pytest.raises(RuntimeError), space_errors_kept():
+        raise RuntimeError("something else")
+
+
 def test_a_blocking_save_to_an_object_store_uploads_several_files_at_once(tmp_path) -> None:
     from train.checkpoint_io import REMOTE_WRITE_THREADS, RemoteWriter
     from train.checkpoint_store import CheckpointStore

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import os
 import signal
 import warnings
@@ -34,7 +33,7 @@ from torch.distributed.checkpoint.staging import AsyncStager, DefaultStager, Sta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
-from train.checkpoint_io import save_planner
+from train.checkpoint_io import NO_SPACE_ERRNOS, save_planner
 from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
 from train.contract import NOTICE_SIGNAL
@@ -128,7 +127,7 @@ def out_of_space(err: BaseException | None) -> bool:
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
             return True
         if isinstance(err, CheckpointException) and any(out_of_space(e) for e, _ in err.failures.values()):
             return True

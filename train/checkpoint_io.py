@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import math
 import os
@@ -75,6 +76,38 @@ def crc32_off() -> Iterator[None]:
         torch.serialization.set_crc32_options(previous)
 
 
+# The errors that mean the storage is full.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def space_error(err: BaseException | None) -> OSError | None:
+    """The OSError that says the storage is full in ``err`` or the chain of its causes, if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def space_errors_kept() -> Iterator[None]:
+    """A full disk raised as the OSError that says so, not as what torch.save made of it.
+
+    torch.save raises its own RuntimeError ("unexpected pos 704 vs 598") when a write fails, with
+    the OSError only as its context; DCP's exchange of failures between ranks pickles exceptions,
+    which drops that context, so no rank could tell the user the disk was full.
+    """
+    try:
+        yield
+    except Exception as err:
+        full = space_error(err)
+        if full is None or full is err:
+            raise
+        raise full from err
+
+
 def largest_first(plan: SavePlan) -> SavePlan:
     """``plan`` with its tensors in order of their bytes, largest first, so a file ends with its
     small ones side by side.
@@ -97,6 +130,20 @@ def _stored_bytes(item: WriteItem) -> int:
     return math.prod(item.tensor_data.chunk.sizes) * item.tensor_data.properties.dtype.itemsize
 
 
+def all_written(plan: SavePlan, written: Future[list[WriteResult]]) -> Future[list[WriteResult]]:
+    """``written`` where it holds a result for every item of ``plan``, else an error.
+
+    DCP's writer drops a failure in any write thread but the caller's (threading.excepthook prints
+    it) and returns what the others wrote: the save would go on to publish metadata for items no
+    file holds, and we would commit a checkpoint that cannot load (pytorch#191391, open).
+    """
+    missing = len(plan.items) - len(written.wait())
+    if missing:
+        raise RuntimeError(f"checkpoint: {missing} of {len(plan.items)} items were not written: a write thread "
+                           "failed (its traceback is in this rank's log)")
+    return written
+
+
 class LocalWriter(FileSystemWriter):
     """A local folder: one file per rank and thread, each fsynced before the save returns."""
 
@@ -104,8 +151,8 @@ class LocalWriter(FileSystemWriter):
         super().__init__(path, sync_files=True, thread_count=threads)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        with crc32_off():
-            return super().write_data(largest_first(plan), planner)
+        with crc32_off(), space_errors_kept():
+            return all_written(plan, super().write_data(largest_first(plan), planner))
 
 
 class RemoteWriter(FsspecWriter):
@@ -118,7 +165,7 @@ class RemoteWriter(FsspecWriter):
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         with crc32_off():
-            return super().write_data(largest_first(plan), planner)
+            return all_written(plan, super().write_data(largest_first(plan), planner))
 
 
 def save_planner() -> DefaultSavePlanner:
