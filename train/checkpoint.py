@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.staging import AsyncStager, DefaultStager, Sta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
-from train.checkpoint_io import NO_SPACE_ERRNOS, save_planner
+from train.checkpoint_io import causes, save_planner, space_error
 from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
 from train.contract import NOTICE_SIGNAL
@@ -124,15 +124,9 @@ class CheckpointSpaceError(RuntimeError):
 
 def out_of_space(err: BaseException | None) -> bool:
     """ENOSPC (or EDQUOT) anywhere in ``err``: its causes, or the per-rank failures DCP gathered."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
-            return True
-        if isinstance(err, CheckpointException) and any(out_of_space(e) for e, _ in err.failures.values()):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+    return space_error(err) is not None or any(
+        isinstance(link, CheckpointException) and any(out_of_space(e) for e, _ in link.failures.values())
+        for link in causes(err))
 
 
 class Checkpointer:
