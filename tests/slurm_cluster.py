@@ -109,6 +109,22 @@ class SlurmCluster:
                 return value
         raise KeyError(f"{name} not in: {out}")
 
+    def wait_until_requeued(self, job_id: str, timeout: float = 120) -> None:
+        """Until a job that asked for its first requeue is pending again, for the controller
+        (Restarts=1) and for accounting, so that a test may then start it at once.
+
+        Accounting alone is not enough: it lags the controller, and can still read the PENDING of
+        before the job first started. Started within the second of the kill, the job fails instead:
+        slurmd refuses it ("Job credential revoked"), and that ended a CI run's Charliecloud test.
+        """
+        deadline = time.monotonic() + timeout
+        while (self.job_field(job_id, "Restarts") != "1"
+               or self.run("sacct", "-n", "-X", "-o", "State", "-j", job_id).stdout.strip() != "PENDING"):
+            if time.monotonic() > deadline:
+                shown = self.run("scontrol", "show", "job", job_id).stdout
+                raise TimeoutError(f"job {job_id} was not requeued: {shown}")
+            time.sleep(0.2)
+
     def stop(self) -> None:
         """Cancel this cluster's jobs, then SIGTERM our daemons, newest first.
 

@@ -108,12 +108,7 @@ def test_preempted_job_saves_requeues_resumes_and_matches_uninterrupted(cluster:
     wait_for_line(cluster, work, job, r"\[rank0\]: step\s+\d+ ")
     # What Slurm does --signal-grace seconds before the time limit, or on a preemption notice.
     cluster.run("scancel", "--signal=USR2", job)
-    # Wait until accounting, not only the controller, has the job pending again: slurmd refuses a
-    # start within the second of the kill ("Job credential revoked"), and the job then fails.
-    deadline = time.monotonic() + 120
-    while cluster.run("sacct", "-n", "-X", "-o", "State", "-j", job).stdout.strip() != "PENDING":
-        assert time.monotonic() < deadline, cluster.run("scontrol", "show", "job", job).stdout
-        time.sleep(0.2)
+    cluster.wait_until_requeued(job)
     assert cluster.job_field(job, "Restarts") == "1"
     # A requeued job waits ~120 s (Reason=BeginTime); the test does not.
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")

@@ -3,7 +3,6 @@ metal, bit for bit, and a preemption notice inside the container saves, requeues
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -29,10 +28,7 @@ def test_a_preempted_two_node_job_in_charliecloud_resumes_to_the_bare_metal_weig
     assert "ch-run --set-env" in (work / "home" / "slurm" / "inside" / f"{job}.sbatch").read_text()
     assert "world: 2 ranks on 2 nodes" in logs, logs[-3000:]
     cluster.run("scancel", "--signal=USR2", job)
-    deadline = time.monotonic() + 120
-    while cluster.run("sacct", "-n", "-X", "-o", "State", "-j", job).stdout.strip() != "PENDING":
-        assert time.monotonic() < deadline, cluster.run("scontrol", "show", "job", job).stdout
-        time.sleep(0.2)
+    cluster.wait_until_requeued(job)
     # A requeued job waits ~120 s (Reason=BeginTime); the test does not.
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     followed = gangrun(cluster, work, "logs", "--follow", job)
