@@ -13,7 +13,7 @@ import errno
 import io
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -147,6 +147,14 @@ def all_written(plan: SavePlan, written: Future[list[WriteResult]]) -> Future[li
     return written
 
 
+def checked_write(write: Callable[[SavePlan, SavePlanner], Future[list[WriteResult]]], plan: SavePlan,
+                  planner: SavePlanner) -> Future[list[WriteResult]]:
+    """Both writers' ``write_data``: DCP's ``write``, given the plan largest first, without
+    torch.save's CRC-32s, a full disk raised as such, and every item's write checked."""
+    with crc32_off(), space_errors_kept():
+        return all_written(plan, write(largest_first(plan), planner))
+
+
 class LocalWriter(FileSystemWriter):
     """A local folder: one file per rank and thread, each fsynced before the save returns."""
 
@@ -154,8 +162,7 @@ class LocalWriter(FileSystemWriter):
         super().__init__(path, sync_files=True, thread_count=threads)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        with crc32_off(), space_errors_kept():
-            return all_written(plan, super().write_data(largest_first(plan), planner))
+        return checked_write(super().write_data, plan, planner)
 
 
 class RemoteWriter(FsspecWriter):
@@ -167,8 +174,7 @@ class RemoteWriter(FsspecWriter):
         super().__init__(url, sync_files=False, thread_count=threads)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        with crc32_off():
-            return all_written(plan, super().write_data(largest_first(plan), planner))
+        return checked_write(super().write_data, plan, planner)
 
 
 def save_planner() -> DefaultSavePlanner:
@@ -228,9 +234,7 @@ class _RecordsInFileOrder(FileSystemReader):
                     if len(scratch) < where.length:
                         scratch = bytearray(where.length)
                     record = memoryview(scratch)[:where.length]
-                    file.seek(where.offset)
-                    if file.readinto(record) != where.length:
-                        raise OSError(f"{relative_path}: shorter than the checkpoint's metadata says")
+                    _read_at(file, where.offset, record, relative_path)
                     _apply(item, record, planner)
         done: Future[None] = Future()
         done.set_result(None)
@@ -273,18 +277,21 @@ def _read_into_place(file: _RecordFile, where: _StoredRecord, item: ReadItem, pl
     if target.device.type != "cpu" or not target.is_contiguous() or tuple(item.lengths) != tuple(target.size()):
         return False
     first = memoryview(head)[:min(len(head), where.length)]
-    file.seek(where.offset)
-    if file.readinto(first) != len(first):
-        raise OSError(f"{where.relative_path}: shorter than the checkpoint's metadata says")
+    _read_at(file, where.offset, first, where.relative_path)
     found = tensor_bytes_in_head(first)
     if (found is None or found.dtype != target.dtype or found.shape != tuple(target.size())
             or found.start + found.nbytes > where.length):
         return False
-    file.seek(where.offset + found.start)
-    if file.readinto(_memory_of(target)) != found.nbytes:
-        raise OSError(f"{where.relative_path}: shorter than the checkpoint's metadata says")
+    _read_at(file, where.offset + found.start, _memory_of(target), where.relative_path)
     planner.commit_tensor(item, target)
     return True
+
+
+def _read_at(file: _RecordFile, offset: int, buffer: memoryview, relative_path: str) -> None:
+    """Fill ``buffer`` from ``offset`` of the file, which must hold that many bytes there."""
+    file.seek(offset)
+    if file.readinto(buffer) != buffer.nbytes:
+        raise OSError(f"{relative_path}: shorter than the checkpoint's metadata says")
 
 
 def _memory_of(tensor: torch.Tensor) -> memoryview:
