@@ -6,8 +6,10 @@ the tensors and our load of that checkpoint (both reads from the disk: the files
 the page cache first), each pair in turns so that neither side always goes first; K plain
 training steps, and an async save followed by the same K steps and the wait for its commit.
 "Blocked" is what the async save added to those K steps' wall time, its call included, so work it
-steals from training later counts too. The I/O rows are medians over pairs of repeats (an even
-count: R is rounded up), the others medians of the repeats.
+steals from training later counts too. Beside it: the call's own time, and the CPU time a sync save
+takes in rank 0's process: where no core is spare, moving that work to another process cannot hide
+it. The I/O rows are medians over pairs of repeats (an even count: R is rounded up), the others
+medians of the repeats.
 
 The state is a FSDP-sharded transformer plus AdamW state, about 192 MB in all (``--d-model``,
 ``--layers`` change it), on 2 ranks (on a 2-core machine the checkpoint process competes with
@@ -184,13 +186,20 @@ def worker(args: argparse.Namespace) -> None:
         for _ in range(count):
             step()
 
+    def sync_save() -> None:
+        start = time.process_time()
+        sync_saver.save(run.parts, blocking=True)
+        figures["save_cpu"].append(time.process_time() - start)
+
     def async_then_steps() -> None:
+        start = time.perf_counter()
         async_saver.save(run.parts, blocking=False)
+        figures["async_call"].append(time.perf_counter() - start)
         steps(k)
         async_saver.wait()
 
-    figures: dict[str, list[float]] = {name: [] for name in
-                                       ("raw_write", "save", "raw_read", "load", "steps", "steps_with_async")}
+    figures: dict[str, list[float]] = {name: [] for name in ("raw_write", "save", "save_cpu", "raw_read", "load",
+                                                             "steps", "steps_with_async", "async_call")}
 
     def in_turns(repeat: int, *pair: tuple[str, Callable[[], Any], Callable[[], Any] | None]) -> None:
         """Time both, each first in every other repeat (see paired_ratios)."""
@@ -199,7 +208,7 @@ def worker(args: argparse.Namespace) -> None:
 
     for repeat in range(2 * math.ceil(args.repeats / 2)):
         in_turns(repeat, ("raw_write", raw_write, None),
-                 ("save", lambda: sync_saver.save(run.parts, blocking=True), None))
+                 ("save", sync_save, None))
         in_turns(repeat, ("raw_read", raw_read, evict(raw_path)),
                  ("load", lambda: sync_saver.load(newest(sync_saver), run.parts), evict(Path(newest(sync_saver)))))
         figures["steps"].append(timed(lambda: steps(k)))
@@ -222,7 +231,8 @@ def worker(args: argparse.Namespace) -> None:
                 Row(f"async save: training blocked / sync save ({where})",
                     max(0.0, m["steps_with_async"] - m["steps"]) / m["save"], 0.15, "<=",
                     detail=f"{max(0.0, m['steps_with_async'] - m['steps']):.3f} s over {k} steps "
-                           f"({m['steps'] / k:.3f} s each) vs {m['save']:.3f} s")]
+                           f"({m['steps'] / k:.3f} s each; the call {m['async_call']:.3f} s) vs {m['save']:.3f} s, "
+                           f"{m['save_cpu']:.3f} s of it CPU on rank 0")]
         if s3:
             rows += [Row(f"S3 save MB/s / raw upload (moto on loopback, {where})", m["s3_put"] / m["s3_save"], 0.8,
                          ">=", detail=f"{total_mb / m['s3_save']:.0f} vs {total_mb / m['s3_put']:.0f} MB/s"),
