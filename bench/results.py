@@ -21,8 +21,9 @@ _COMPARE = {">=": operator.ge, "<=": operator.le}
 class Row:
     """One figure: ``value`` (a ratio or a difference) held against ``goal`` with ``compare``.
 
-    ``repeats`` are the per-repeat values when the goal must hold in every repeat (then ``value``
-    is the worst of them); ``detail`` is the raw figures in words; ``raw`` goes to the JSON only.
+    ``repeats`` are the per-repeat values behind ``value``: the worst of them where the goal must
+    hold in every repeat, else their median; ``detail`` is the raw figures in words; ``raw`` goes
+    to the JSON only.
     """
 
     name: str
