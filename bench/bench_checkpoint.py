@@ -235,8 +235,8 @@ def worker(args: argparse.Namespace) -> None:
                 Row(f"async save: training blocked / sync save ({where})",
                     max(0.0, m["steps_with_async"] - m["steps"]) / m["save"], 0.15, "<=",
                     detail=f"{max(0.0, m['steps_with_async'] - m['steps']):.3f} s over {k} steps "
-                           f"({m['steps'] / k:.3f} s each; the call {m['async_call']:.3f} s) vs {m['save']:.3f} s, "
-                           f"{m['save_cpu']:.3f} s of it CPU on rank 0")]
+                           f"({m['steps'] / k:.3f} s each; the call {m['async_call']:.3f} s) vs a sync save's "
+                           f"{m['save']:.3f} s, which used {m['save_cpu']:.3f} s of CPU on rank 0")]
         if s3:
             rows += [Row(f"S3 save MB/s / raw upload (moto on loopback, {where})", m["s3_put"] / m["s3_save"], 0.8,
                          ">=", detail=f"{total_mb / m['s3_save']:.0f} vs {total_mb / m['s3_put']:.0f} MB/s"),
