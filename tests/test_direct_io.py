@@ -93,3 +93,44 @@ def test_a_full_disk_is_raised_as_such(tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(disk)], check=True)
     assert len(direct_io._idle_buffers) == 2
+
+
+MOUNTINFO = "\n".join([
+    r"22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw",
+    r"30 22 254:1 / /data rw,relatime shared:2 - xfs /dev/vdb rw",
+    r"31 30 0:40 / /data/scratch rw,relatime - lustre 10.0.0.1@tcp:/fs rw",
+    r"32 30 0:41 / /data/scratch rw,relatime - tmpfs tmpfs rw",
+    r"33 22 0:42 / /mnt/my\040disk rw,relatime shared:3 - nfs4 server:/export rw",
+    "a line that is not a mount",
+])
+
+
+@pytest.mark.parametrize("path, kind", [
+    ("/", "ext4"), ("/home/me/run", "ext4"), ("/data", "xfs"), ("/data/run/step-00000001", "xfs"),
+    ("/database", "ext4"),  # not under /data
+    ("/data/scratch/run", "tmpfs"),  # the later of two mounts on one point
+    ("/mnt/my disk/run", "nfs4"),
+])
+def test_the_filesystem_of_a_path_is_that_of_the_deepest_mount_above_it(path: str, kind: str) -> None:
+    assert direct_io.filesystem_type(path, MOUNTINFO) == kind
+
+
+@pytest.mark.skipif(shutil.which("findmnt") is None, reason="findmnt (util-linux) is not installed")
+def test_saves_write_past_the_page_cache_only_on_a_local_disk(tmp_path: Path) -> None:
+    """The same filesystem type as findmnt names for real folders; LocalWriter writes directly
+    exactly where that type is a local block device's (not on /dev/shm's tmpfs)."""
+    from train.checkpoint_io import LocalWriter
+
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    for folder in (tmp_path, Path("/dev/shm"), Path("/proc")):
+        found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(folder)], capture_output=True,
+                               text=True, check=True).stdout.split()[-1]
+        assert direct_io.filesystem_type(os.path.realpath(folder), mountinfo) == found
+        not_yet = folder / "run" / "step-00000001"  # DCP makes the step folder as it saves
+        direct = found in direct_io.LOCAL_BLOCK_FILESYSTEMS
+        assert direct_io.writes_direct(str(not_yet)) is direct
+        if folder != Path("/proc"):
+            writer = LocalWriter(str(not_yet), threads=1)
+            assert isinstance(writer.fs, direct_io.DirectFileSystem) is direct
+            assert writer.sync_files is not direct
+    assert not direct_io.writes_direct("/dev/shm")

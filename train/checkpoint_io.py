@@ -1,6 +1,6 @@
 """How checkpoint bytes reach storage and come back: DCP's writers without torch.save's CRC-32, a
 planner that caches its plan, readers that read each file front to back without torch.load, and
-local files written past the page cache (train.direct_io).
+files on a local disk written past the page cache (train.direct_io).
 
 The writers and the planner are picklable, module-level classes: an async save hands them to DCP's
 checkpoint process.
@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from train.compat import FsspecReader, FsspecWriter, tensor_bytes_in_head, tensor_in_record
-from train.direct_io import DirectFileSystem
+from train.direct_io import DirectFileSystem, writes_direct
 
 # At most this many files a rank writes at once into a local folder (DCP's default is 1).
 MAX_WRITE_THREADS = 4
@@ -158,14 +158,15 @@ def checked_write(write: Callable[[SavePlan, SavePlanner], Future[list[WriteResu
 
 
 class LocalWriter(FileSystemWriter):
-    """A local folder: one file per rank and thread, written past the page cache and fsynced as it
-    closes (train.direct_io), before the save returns."""
+    """A local folder: one file per rank and thread, each fsynced before the save returns; on a
+    local disk's filesystem, written past the page cache (train.direct_io)."""
 
     def __init__(self, path: str, threads: int) -> None:
-        # sync_files=False: DirectFile fsyncs each file when it closes, after its last bytes, which
-        # DCP's fsync would come before.
-        super().__init__(path, sync_files=False, thread_count=threads)
-        self.fs = DirectFileSystem()
+        direct = writes_direct(path)
+        # DirectFile fsyncs each file as it closes, after its last bytes, which DCP's fsync would precede.
+        super().__init__(path, sync_files=not direct, thread_count=threads)
+        if direct:
+            self.fs = DirectFileSystem()
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         return checked_write(super().write_data, plan, planner)

@@ -21,6 +21,7 @@ import fcntl
 import io
 import mmap
 import os
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +36,12 @@ CHUNK_BYTES = 4 << 20
 ALIGN = mmap.PAGESIZE
 # 0 where the platform has no O_DIRECT (macOS): files then go through the page cache.
 O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+# Where O_DIRECT is plain: a local block device's filesystem. On network and parallel filesystems
+# (NFS, Lustre, GPFS, FUSE), where checkpoints of multi-node runs often live, it changes how the
+# client caches, batches and pipelines writes, each in its own way; on tmpfs and overlayfs it buys
+# nothing. Those keep DCP's buffered writes.
+LOCAL_BLOCK_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
 
 _idle_buffers: list[mmap.mmap] = []
 _idle_lock = threading.Lock()
@@ -51,6 +58,43 @@ def _take_buffer() -> mmap.mmap:
 def _give_back(buffer: mmap.mmap) -> None:
     with _idle_lock:
         _idle_buffers.append(buffer)
+
+
+def filesystem_type(path: str, mountinfo: str) -> str | None:
+    """The type of the filesystem ``path`` (absolute, symlinks resolved) is on, from the text of
+    /proc/self/mountinfo: the last-mounted of the deepest mount points above it."""
+    deepest, kind = "", None
+    for line in mountinfo.splitlines():
+        fields, dash, after = line.partition(" - ")
+        mount_fields, after_fields = fields.split(), after.split()
+        if not dash or len(mount_fields) < 5 or not after_fields:
+            continue
+        point = _unescaped(mount_fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(deepest):
+            deepest, kind = point, after_fields[0]
+    return kind
+
+
+def _unescaped(field: str) -> str:
+    """A mountinfo path field with its octal escapes (``\\040`` for a space) undone."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def writes_direct(folder: str) -> bool:
+    """Whether new files in ``folder`` (or, where it does not exist yet, the nearest folder above it
+    that does) are written past the page cache: on LOCAL_BLOCK_FILESYSTEMS, where O_DIRECT exists."""
+    if not O_DIRECT:
+        return False
+    path = os.path.realpath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            mountinfo = mounts.read()
+    except OSError:
+        return False
+    return filesystem_type(path, mountinfo) in LOCAL_BLOCK_FILESYSTEMS
 
 
 def _open_direct(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> tuple[int, bool]:
