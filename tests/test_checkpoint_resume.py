@@ -159,3 +159,28 @@ def test_four_ranks_resume_bit_identical(env, tmp_path):
     assert "(step 16, epoch 0, saved on 4 ranks)" in output
     assert_models_equal(read_checkpoint(step_dir(resumed, STEPS), tmp_path / "s"),
                         read_checkpoint(step_dir(reference, STEPS), tmp_path / "s"))
+
+
+def test_a_shard_one_rank_cannot_read_fails_the_resume_on_every_rank_naming_it(env, tmp_path):
+    """Each rank loads on its own (train.checkpoint.Checkpointer._read); one that fails must still stop
+    the others, which name it, instead of leaving them to train on weights it never loaded."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    fsdp = [*COMMON, "train.parallel=fsdp", f"output_dir={tmp_path}"]
+    run_ok(2, [*fsdp, "train.max_steps=4"], env, tmp_path)
+    step = step_dir(tmp_path, 4)
+    # The largest record in rank 1's file: a shard of rank 1's only, which no other rank reads.
+    stored = FileSystemReader(str(step)).read_metadata().storage_data
+    shard_index = max((index for index, where in stored.items() if where.relative_path.startswith("__1_")),
+                      key=lambda index: stored[index].length)
+    shard, shard_fqn = stored[shard_index], shard_index.fqn
+    with (step / shard.relative_path).open("r+b") as file:
+        file.seek(shard.offset)
+        file.write(bytes(64))
+    code, output = gangrun(2, [*fsdp, "train.max_steps=8"], env, tmp_path).finish()
+    assert code != 0
+    assert (f"checkpoint: rank 1 could not load {step}: ValueError: {shard_fqn}: its record in "
+            f"{shard.relative_path} at byte {shard.offset}") in output, output[-4000:]
+    assert f"checkpoint: rank(s) 1 could not load {step}; their logs say why" in output, output[-4000:]
+    verdict = output.strip().splitlines()[-1]
+    assert verdict.startswith("gangrun: failed: ") and "could not load" in verdict, verdict

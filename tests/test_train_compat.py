@@ -196,9 +196,9 @@ def test_large_tensors_are_read_straight_into_place_and_the_rest_through_the_buf
     buffered: list[str] = []
     through_buffer = checkpoint_io._apply
 
-    def counted(item, record, planner) -> None:
+    def counted(item, record, planner, where) -> None:
         buffered.append(item.storage_index.fqn)
-        through_buffer(item, record, planner)
+        through_buffer(item, record, planner, where)
 
     monkeypatch.setattr(checkpoint_io, "_apply", counted)
     reader = RemoteReader(f"file://{tmp_path}") if remote else LocalReader(str(tmp_path))

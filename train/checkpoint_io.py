@@ -242,7 +242,7 @@ class _RecordsInFileOrder(FileSystemReader):
                         scratch = bytearray(where.length)
                     record = memoryview(scratch)[:where.length]
                     _read_at(file, where.offset, record, relative_path)
-                    _apply(item, record, planner)
+                    _apply(item, record, planner, where)
         done: Future[None] = Future()
         done.set_result(None)
         return done
@@ -312,14 +312,20 @@ def _memory_of(tensor: torch.Tensor) -> memoryview:
     return memoryview(array)
 
 
-def _apply(item: ReadItem, record: memoryview, planner: LoadPlanner) -> None:
+def _apply(item: ReadItem, record: memoryview, planner: LoadPlanner, where: _StoredRecord) -> None:
     """One read item from its record's bytes into the state the planner loads."""
     if item.type == LoadItemType.BYTE_IO:
         planner.load_bytes(item, io.BytesIO(record))
         return
     tensor = tensor_in_record(record)
     if tensor is None:
-        tensor = torch.load(io.BytesIO(record), map_location="cpu", weights_only=True)
+        try:
+            tensor = torch.load(io.BytesIO(record), map_location="cpu", weights_only=True)
+        except Exception as err:
+            # What torch.load says of a damaged record is about weights_only and trusted sources.
+            raise ValueError(f"{item.storage_index.fqn}: its record in {where.relative_path} at byte {where.offset} "
+                             f"({where.length} bytes) is not a tensor torch.load can read; the file is damaged "
+                             f"or was not written whole") from err
     tensor = _narrowed(tensor, item.storage_offsets, item.lengths)
     target = planner.resolve_tensor(item).detach()
     if target.size() != tensor.size():
