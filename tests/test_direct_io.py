@@ -18,6 +18,8 @@ from train.direct_io import DirectFile
 
 # Small chunks, so that a few hundred kB cross many chunk edges.
 CHUNK = 64 << 10
+# The buffers a file holds while it is written.
+BUFFERS = 2
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +58,7 @@ def test_a_file_holds_exactly_what_was_written(folder: Path) -> None:
             file.flush()  # torch.save flushes after every record
             assert file.tell() == before + len(piece)
     assert path.read_bytes() == b"".join(written)
-    assert len(direct_io._idle_buffers) == 2  # both buffers back for the next file
+    assert len(direct_io._idle_buffers) == BUFFERS  # all back for the next file
 
 
 def test_a_failed_write_closes_its_file_and_keeps_its_buffers(tmp_path: Path) -> None:
@@ -64,7 +66,7 @@ def test_a_failed_write_closes_its_file_and_keeps_its_buffers(tmp_path: Path) ->
         file.write(b"x" * (CHUNK + 10))
         raise RuntimeError("the save failed")
     assert file.closed
-    assert len(direct_io._idle_buffers) == 2
+    assert len(direct_io._idle_buffers) == BUFFERS
 
 
 def test_a_write_the_filesystem_cannot_align_goes_through_the_page_cache(tmp_path: Path,
@@ -92,7 +94,7 @@ def test_a_full_disk_is_raised_as_such(tmp_path: Path) -> None:
         assert raised.value.errno == errno.ENOSPC
     finally:
         subprocess.run(["umount", str(disk)], check=True)
-    assert len(direct_io._idle_buffers) == 2
+    assert len(direct_io._idle_buffers) == BUFFERS
 
 
 MOUNTINFO = "\n".join([

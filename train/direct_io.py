@@ -25,12 +25,19 @@ import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from torch.distributed.checkpoint.filesystem import FileSystem
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 # What one write hands the disk. Two ranks at once each wrote 96 MB in 2-16 MiB chunks at the
-# same speed here; each open file holds two such buffers, kept for the life of the process.
+# same speed here, and with 2-4 chunks in flight instead of 1 no faster; each open file holds two
+# such buffers, kept for the life of the process.
 CHUNK_BYTES = 4 << 20
+# Writes smaller than this are gathered before they reach DirectFile.
+SMALL_WRITES_BYTES = 64 << 10
 # O_DIRECT wants a write's memory, file offset and length aligned to the device's logical block:
 # 512 bytes or 4 KiB on today's disks; a page covers both.
 ALIGN = mmap.PAGESIZE
@@ -116,7 +123,7 @@ def _stop_direct(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
 
 
-class DirectFile(io.IOBase):
+class DirectFile(io.RawIOBase):
     """A file written front to back in CHUNK_BYTES writes at aligned offsets, each by a thread of its
     own while the next chunk fills a second buffer, so the copy and the disk overlap; the last,
     partial chunk is written padded to ALIGN and the file cut back to its length when it closes,
@@ -138,7 +145,7 @@ class DirectFile(io.IOBase):
         self._filled = 0
         self._stored = 0
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: ReadableBuffer, /) -> int:
         source = memoryview(data).cast("B")
         taken = 0
         while taken < source.nbytes:
@@ -247,5 +254,14 @@ class DirectFileSystem(FileSystem):
             with super().create_stream(path, mode) as stream:
                 yield stream
             return
-        with DirectFile(os.fspath(path)) as direct:
-            yield direct
+        direct = DirectFile(os.fspath(path))
+        # torch.save makes ~40 write() calls per record, most of a few bytes: gathered in C, they
+        # reach DirectFile's Python write() a few times per record instead (~20 ms of CPU per save
+        # of 100 tensors). Larger writes pass straight through.
+        stream = io.BufferedWriter(direct, buffer_size=SMALL_WRITES_BYTES)
+        try:
+            yield stream
+        except BaseException:
+            direct.abandon()  # a closed raw file: the BufferedWriter's close then writes nothing
+            raise
+        stream.close()
