@@ -266,8 +266,8 @@ class Checkpointer:
             failed = err
         failing = [rank for rank, flag in enumerate(all_gather_floats(float(failed is not None), self.world)) if flag]
         if failed is not None:
-            raise RuntimeError(f"checkpoint: rank {self.world.rank} could not load {path}: {_first_failure(failed)}") \
-                from failed
+            message = f"checkpoint: rank {self.world.rank} could not load {path}: {_first_failure(failed)}"
+            raise RuntimeError(message) from failed
         if failing:
             raise RuntimeError(f"checkpoint: rank(s) {', '.join(map(str, failing))} could not load {path}; "
                                "their logs say why")

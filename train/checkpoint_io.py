@@ -252,8 +252,7 @@ class LocalReader(_RecordsInFileOrder):
     """A local folder, read through the page cache. Reads past it, as saves write (train.direct_io),
     were tried and dropped: with one 4 MiB read ahead they fed two ranks 96 MB each in 0.13-0.15 s
     where the kernel's read-ahead took 0.10 s on recycled pages (0.19-0.22 s on cold ones), and the
-    load row of bench/bench_checkpoint.py came out at 0.48-0.68 against 0.61-0.70. A file still
-    cached on the node after a restart is also read at memory speed."""
+    load row of bench/bench_checkpoint.py came out at 0.48-0.68 against 0.61-0.70."""
 
     def _open(self, relative_path: str) -> _RecordFile:
         return open(os.path.join(self.path, relative_path), "rb", buffering=0)
@@ -325,7 +324,7 @@ def _apply(item: ReadItem, record: memoryview, planner: LoadPlanner, where: _Sto
             # What torch.load says of a damaged record is about weights_only and trusted sources.
             raise ValueError(f"{item.storage_index.fqn}: its record in {where.relative_path} at byte {where.offset} "
                              f"({where.length} bytes) is not a tensor torch.load can read; the file is damaged "
-                             f"or was not written whole") from err
+                             "or was not written whole") from err
     tensor = _narrowed(tensor, item.storage_offsets, item.lengths)
     target = planner.resolve_tensor(item).detach()
     if target.size() != tensor.size():

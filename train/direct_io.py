@@ -104,10 +104,9 @@ def writes_direct(folder: str) -> bool:
     return filesystem_type(path, mountinfo) in LOCAL_BLOCK_FILESYSTEMS
 
 
-def _open_direct(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> tuple[int, bool]:
-    """``path`` opened with ``flags`` (by default: a new file, for writing), and O_DIRECT where its
-    filesystem takes it; whether it did."""
-    flags |= os.O_CLOEXEC
+def _open_direct(path: str) -> tuple[int, bool]:
+    """A new file at ``path`` for writing, with O_DIRECT where its filesystem takes it; whether it did."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     if O_DIRECT:
         try:
             return os.open(path, flags | O_DIRECT, 0o644), True
