@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from torch.distributed.checkpoint.filesystem import FileSystem
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+    from typing_extensions import Buffer
 
 # What one write hands the disk. Two ranks at once each wrote 96 MB in 2-16 MiB chunks at the
 # same speed here, and with 2-4 chunks in flight instead of 1 no faster; each open file holds two
@@ -144,7 +144,7 @@ class DirectFile(io.RawIOBase):
         self._filled = 0
         self._stored = 0
 
-    def write(self, data: ReadableBuffer, /) -> int:
+    def write(self, data: Buffer, /) -> int:
         source = memoryview(data).cast("B")
         taken = 0
         while taken < source.nbytes:
