@@ -46,9 +46,9 @@ BIN = Path(sys.executable).parent
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Five pairs: here a save's write() calls took 0.4-0.6 s of CPU instead of 25 ms in two or three
-    # of six repeats, likely on memory the VM's host had not backed yet (README, Performance), and
-    # the median of three pairs was often one of those.
+    # Five pairs: here a buffered save's write() calls took 0.4-0.6 s of CPU instead of 25 ms in two
+    # or three of six repeats, page cache for new files drawn from memory the VM had not touched
+    # lately (README, Performance), and the median of three pairs was often one of those.
     parser.add_argument("--repeats", type=int, default=10, help="rounded up to an even count")
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--d-model", type=int, default=512)

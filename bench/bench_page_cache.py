@@ -58,18 +58,18 @@ def writer(rank: int, folder: str, how: str, args: argparse.Namespace, barrier: 
         times.append((time.perf_counter() - wall, time.process_time() - cpu))
         if repeat >= 2:
             os.unlink(f"{folder}/{how}-{rank}-{repeat - 2}")
-    results.put((rank, times[1:]))
+    results.put(times[1:])
 
 
 def measure(how: str, args: argparse.Namespace, folder: str) -> tuple[float, float]:
     """Median wall and CPU seconds per file over both processes' repeats."""
     barrier = multiprocessing.Barrier(2)
-    results: multiprocessing.Queue[tuple[int, list[tuple[float, float]]]] = multiprocessing.Queue()
+    results: multiprocessing.Queue[list[tuple[float, float]]] = multiprocessing.Queue()
     procs = [multiprocessing.Process(target=writer, args=(rank, folder, how, args, barrier, results))
              for rank in range(2)]
     for proc in procs:
         proc.start()
-    times = [t for _ in procs for t in results.get()[1]]
+    times = [t for _ in procs for t in results.get()]
     for proc in procs:
         proc.join()
     return statistics.median(w for w, _ in times), statistics.median(c for _, c in times)

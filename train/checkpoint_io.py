@@ -55,7 +55,7 @@ RECORD_HEAD_BYTES = 4 << 10
 def write_threads(environ: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
     """Files each rank writes at once: one per core it has to itself (the machine's cores over the
     node's ranks, torchrun's ``LOCAL_WORLD_SIZE``), read when a save starts. A write serializes with
-    the GIL held and copies into the page cache, so a second thread only helps where a core is free
+    the GIL held and copies every byte once, so a second thread only helps where a core is free
     for it: on 2 cores a lone rank saved 184 MB at 1.4-2 x the speed with 2 threads, while 2 ranks
     with 2 threads each were slower than with 1 (bench/bench_checkpoint.py)."""
     cores = cpus if cpus is not None else os.cpu_count() or 1
@@ -232,7 +232,12 @@ class _RecordsInFileOrder(FileSystemReader):
         per_file: dict[str, list[ReadItem]] = {}
         for item in plan.items:
             per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
-        threads = min(len(per_file), self._read_threads())
+        # Files read at once, a thread each: as many as a rank writes. A lone rank on 2 cores loaded
+        # its 192 MB, in 2 files, at 0.85-0.94 of a raw read with both at once and 0.69-0.75 one after
+        # the other (bench/bench_checkpoint.py --ranks 1, runs alternated): a read waits on the disk
+        # with the GIL released, and the second reader keeps the disk busy while the first decodes.
+        # Two ranks on those cores read one file at a time each.
+        threads = min(len(per_file), write_threads())
         if threads > 1:
             with ThreadPoolExecutor(threads, thread_name_prefix="checkpoint-read") as pool:
                 for _ in pool.map(lambda path: self._read_file(path, per_file[path], planner), per_file):
@@ -243,14 +248,6 @@ class _RecordsInFileOrder(FileSystemReader):
         done: Future[None] = Future()
         done.set_result(None)
         return done
-
-    def _read_threads(self) -> int:
-        """Files read at once, each by a thread: as many as a rank writes (write_threads). A lone rank
-        on 2 cores loaded its 192 MB, in 2 files, at 0.85-0.94 of a raw read with both at once and
-        0.69-0.75 one after the other (bench/bench_checkpoint.py --ranks 1, runs alternated): a
-        read waits on the disk with the GIL released, and the second reader keeps the disk busy
-        while the first decodes. Two ranks on those cores read one file at a time each."""
-        return write_threads()
 
     def _read_file(self, relative_path: str, items: list[ReadItem], planner: LoadPlanner) -> None:
         """``items``, all stored in ``relative_path``, read front to back."""
