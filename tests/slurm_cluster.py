@@ -8,6 +8,7 @@ daemons this module started are stopped, by pid. Measured facts this follows are
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -114,8 +115,11 @@ class SlurmCluster:
         (Restarts=1) and for accounting, so that a test may then start it at once.
 
         Accounting alone is not enough: it lags the controller, and can still read the PENDING of
-        before the job first started. Started within the second of the kill, the job fails instead:
-        slurmd refuses it ("Job credential revoked"), and that ended a CI run's Charliecloud test.
+        before the job first started. Started within the same second as its requeue, the job fails
+        instead: slurmd refuses it ("Job credential revoked": Slurm's cred_revoked() holds a credential
+        revoked when ``cred->ctime <= j->revoked``, both in whole seconds), which ended a CI run's Charliecloud
+        test, and, with both states already read, a CI run's preemption test (requeue at .289, start
+        at .855 of one second). So this returns only once a new second has begun since it saw both.
         """
         deadline = time.monotonic() + timeout
         while (self.job_field(job_id, "Restarts") != "1"
@@ -124,6 +128,8 @@ class SlurmCluster:
                 shown = self.run("scontrol", "show", "job", job_id).stdout
                 raise TimeoutError(f"job {job_id} was not requeued: {shown}")
             time.sleep(0.2)
+        seen = time.time()
+        time.sleep(math.floor(seen) + 1.1 - seen)
 
     def stop(self) -> None:
         """Cancel this cluster's jobs, then SIGTERM our daemons, newest first.
