@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.checkpoint_runs import (
     assert_models_equal,
@@ -184,3 +185,34 @@ def test_a_shard_one_rank_cannot_read_fails_the_resume_on_every_rank_naming_it(e
     assert f"checkpoint: rank(s) 1 could not load {step}; their logs say why" in output, output[-4000:]
     verdict = output.strip().splitlines()[-1]
     assert verdict.startswith("gangrun: failed: ") and "could not load" in verdict, verdict
+
+
+def test_fsdp_async_saves_hold_their_steps_state_as_blocking_saves_do(env, tmp_path):
+    """An async save copies FSDP's shards beside the next forward and backward
+    (train.staging_room.SharedMemoryStager): each checkpoint must hold its own step's weights and
+    optimizer state, bit for bit what a blocking save of the same run writes."""
+    fsdp = [*COMMON, "train.parallel=fsdp", "train.max_steps=8", "checkpoint.every=2", "checkpoint.keep=0",
+            "train.record_samples=false"]
+    blocking, background = tmp_path / "blocking", tmp_path / "background"
+    run_ok(2, [*fsdp, f"output_dir={blocking}"], env, tmp_path)
+    run_ok(2, [*fsdp, f"output_dir={background}", "checkpoint.async_save=true"], env, tmp_path)
+    assert committed_steps(background / "checkpoints") == [2, 4, 6, 8]
+    for step in (2, 4, 6):
+        saved = read_checkpoint(step_dir(background, step), tmp_path / "s")
+        expected = read_checkpoint(step_dir(blocking, step), tmp_path / "s")
+        assert tensors_by_name(saved).keys() == tensors_by_name(expected).keys()
+        for name, tensor in tensors_by_name(expected).items():
+            assert torch.equal(tensors_by_name(saved)[name], tensor), f"step {step}: {name} differs"
+
+
+def tensors_by_name(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of the model and optimizer in a loaded checkpoint, by its dotted path."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {name: tensor for key, value in tree.items() if prefix or key in ("model", "optimizer")
+                for name, tensor in tensors_by_name(value, f"{prefix}.{key}" if prefix else str(key)).items()}
+    if isinstance(tree, (list, tuple)):
+        return {name: tensor for index, value in enumerate(tree)
+                for name, tensor in tensors_by_name(value, f"{prefix}.{index}").items()}
+    return {}
