@@ -24,8 +24,8 @@ def staged_now(stager: SharedMemoryStager, state: dict) -> dict:
 def test_staged_copies_hold_the_state_of_the_moment_in_shared_memory_reused_by_every_save(beside: bool) -> None:
     stager = SharedMemoryStager(beside)
     weights = torch.arange(12.0).reshape(3, 4)
-    state: dict[str, Any] = {"model": {"w": weights, "row": weights[1]}, "optimizer": [torch.tensor(3), {"lr": 0.1}],
-             "train": {"step": 7}}
+    state: dict[str, Any] = {"model": {"w": weights, "row": weights[1]},
+                             "optimizer": [torch.tensor(3), {"lr": 0.1}], "train": {"step": 7}}
     first = stager.stage(state)
     assert isinstance(first, Future) == beside
     staged = first.result() if isinstance(first, Future) else first
@@ -57,7 +57,7 @@ def world_of_one() -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def test_a_dtensor_is_staged_as_its_shard_under_the_same_mesh_and_placements_and_pickles(world_of_one) -> None:
+def test_a_dtensor_is_staged_as_its_shard_under_the_same_mesh_and_placements_and_pickles(world_of_one: None) -> None:
     mesh = init_device_mesh("cpu", (1,))
     sharded = DTensor.from_local(torch.arange(8.0).reshape(4, 2), mesh, [Shard(0)], run_check=False)
     stager = SharedMemoryStager(beside=False)

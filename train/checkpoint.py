@@ -359,10 +359,10 @@ class Checkpointer:
         read the parameters and write only gradients, which are not saved (BatchNorm's running
         statistics change in forward, and so does every buffer DDP broadcasts there). Otherwise it
         copies before ``save`` returns. With the copy beside the step, a lone rank's async save of
-        192 MB on 2 cores blocked training 0.056-0.059 s instead of 0.111 s, and 2 ranks' 0.18-0.20 s
+        192 MB on 2 cores blocked training 0.050-0.059 s instead of 0.111 s, and 2 ranks' 0.18-0.22 s
         instead of 0.24 s (bench/bench_checkpoint.py).
 
-        The staged state goes to the checkpoint process pickled, at every save, each of its ~200
+        The staged state goes to the checkpoint process pickled, at every save, each of its ~270
         tensors as a file descriptor fetched from a resource-sharer thread in the training process,
         which holds the GIL for it. Shared by name (torch's file_system strategy) they took none,
         and training was blocked 0.03 s instead of 0.05 s (1 rank, 192 MB), but names outlive their
