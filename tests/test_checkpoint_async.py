@@ -1,4 +1,4 @@
-"""Async saves on real ranks: DCP's checkpoint process survives Slurm's notice, which it leaves to training."""
+"""Async saves on real ranks: the checkpoint process survives Slurm's notice, which it leaves to training."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def test_a_dtensor_is_staged_as_its_shard_under_the_same_mesh_and_placements_and
     assert staged.placements == sharded.placements and staged.device_mesh == sharded.device_mesh
     assert staged.shape == sharded.shape and staged.to_local().is_shared()
     assert torch.equal(staged.to_local(), torch.arange(8.0).reshape(4, 2))
-    # How DCP's checkpoint process receives it, at every save.
+    # How the checkpoint process receives it (train.checkpoint_process).
     received = ForkingPickler.loads(ForkingPickler.dumps({"w": staged}))["w"]
     assert torch.equal(received.to_local(), torch.arange(8.0).reshape(4, 2))
     assert staged_now(stager, {"model": {"w": sharded}})["model"]["w"] is staged

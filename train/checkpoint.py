@@ -29,11 +29,11 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.metadata import STATE_DICT_TYPE
-from torch.distributed.checkpoint.staging import AsyncStager, DefaultStager, StagingOptions
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from train.checkpoint_io import causes, save_planner, space_error
+from train.checkpoint_process import CheckpointProcess
 from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
 from train.contract import NOTICE_SIGNAL
@@ -88,24 +88,9 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
-class StagedAlready(AsyncStager):
-    """The stager dcp.async_save gets for a state dict the Checkpointer staged itself, on the training thread."""
-
-    _synchronize_after_execute = False
-
-    def stage(self, state_dict: STATE_DICT_TYPE) -> STATE_DICT_TYPE:
-        return state_dict
-
-    def synchronize_staging(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 def keep_notices_off_this_thread() -> None:
     """Block the notice signal (Slurm's USR2) in the calling thread, and so in every thread and process
-    it starts: DCP's checkpoint process is started from here.
+    it starts: the checkpoint process (train.checkpoint_process) is started from here.
 
     Slurm signals every process of a job step, that process included, and USR2's default action
     would kill it mid-save; the training process alone decides when to stop. A blocked signal stays
@@ -159,6 +144,7 @@ class Checkpointer:
         self._async_pool: ThreadPoolExecutor | None = None
         self._async_group: dist.ProcessGroup | None = None
         self._stager: DefaultStager | SharedMemoryStager | None = None
+        self._process: CheckpointProcess | None = None
         if self.cfg.async_save:
             self._async_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-commit",
                                                   initializer=keep_notices_off_this_thread)
@@ -360,14 +346,7 @@ class Checkpointer:
         statistics change in forward, and so does every buffer DDP broadcasts there). Otherwise it
         copies before ``save`` returns. With the copy beside the step, a lone rank's async save of
         192 MB on 2 cores blocked training 0.050-0.059 s instead of 0.111 s, and 2 ranks' 0.18-0.22 s
-        instead of 0.24 s (bench/bench_checkpoint.py).
-
-        The staged state goes to the checkpoint process pickled, at every save, each of its ~270
-        tensors as a file descriptor fetched from a resource-sharer thread in the training process,
-        which holds the GIL for it. Shared by name (torch's file_system strategy) they took none,
-        and training was blocked 0.03 s instead of 0.05 s (1 rank, 192 MB), but names outlive their
-        processes: torch_shm_manager unlinks them, and Slurm signals it with the rest of the step.
-        A SIGTERM to it left 72 names in /dev/shm and aborted the ranks before their last save.
+        instead of 0.24 s (bench/bench_checkpoint.py); the checkpoint process then cut the rest.
         """
         if self._stager is None:
             cuda = self.world.device.type == "cuda"
@@ -386,19 +365,17 @@ class Checkpointer:
     def _save_in_background(self, staged: STATE_DICT_TYPE | Future[STATE_DICT_TYPE], writer: Any, step: int,
                             path: str, contents: list[str]) -> None:
         """Write and commit a staged state off the training process: planning, serializing and
-        writing run in DCP's checkpoint process (one per rank, started at the first async save),
-        so they take no GIL from training. A world of one has no process group for that process
-        to join, and writes from this thread."""
+        writing run in this rank's checkpoint process (train.checkpoint_process, started at the first
+        async save), so they take no GIL from training. A world of one writes from this thread."""
         if isinstance(staged, Future):
             staged = staged.result()
-        distributed = dist.is_initialized()
-        upload = dcp.async_save(staged, storage_writer=writer, planner=save_planner(),
-                                process_group=self._async_group, async_stager=StagedAlready(),
-                                async_checkpointer_type=(AsyncCheckpointerType.PROCESS if distributed
-                                                         else AsyncCheckpointerType.THREAD),
-                                no_dist=not distributed)
-        assert isinstance(upload, Future), "a synchronous stager gives the upload's future"
-        upload.result()
+        if self._async_group is None:
+            dcp.save(staged, storage_writer=writer, planner=save_planner(), no_dist=True)
+        else:
+            if self._process is None:
+                self._process = CheckpointProcess()
+                self._process.start(self._async_group)
+            self._process.save(staged, writer, save_planner())
         self._commit(step, path, contents)
 
     def _commit(self, step: int, path: str, contents: list[str]) -> None:
@@ -456,6 +433,8 @@ class Checkpointer:
             for pool in (self._async_pool, self._prune_pool):
                 if pool is not None:
                     pool.shutdown(wait=True)
+            if self._process is not None:
+                self._process.close()
             if self._stager is not None:
                 self._stager.close()
             if self._async_group is not None:
@@ -467,3 +446,5 @@ class Checkpointer:
         for pool in (self._async_pool, self._prune_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+        if self._process is not None:
+            self._process.abandon()

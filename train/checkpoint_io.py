@@ -2,8 +2,8 @@
 planner that caches its plan, readers that read each file front to back without torch.load, and
 files on a local disk written past the page cache (train.direct_io).
 
-The writers and the planner are picklable, module-level classes: an async save hands them to DCP's
-checkpoint process.
+The writers and the planner are picklable, module-level classes: an async save hands them to the
+checkpoint process (train.checkpoint_process).
 """
 
 from __future__ import annotations

@@ -25,16 +25,21 @@ def shm_free_bytes(path: str = SHM) -> int | None:
         return None
 
 
+def tensor_leaves(tree: Any) -> list[torch.Tensor]:
+    """Every tensor in a state dict, in the order its dicts, lists and tuples hold them."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [leaf for value in tree.values() for leaf in tensor_leaves(value)]
+    if isinstance(tree, (list, tuple)):
+        return [leaf for value in tree for leaf in tensor_leaves(value)]
+    return []
+
+
 def state_bytes(tree: Any) -> int:
     """The bytes of every tensor in a state dict, each rank's own shard of a DTensor."""
-    if isinstance(tree, torch.Tensor):
-        local = tree.to_local() if hasattr(tree, "to_local") else tree
-        return local.numel() * local.element_size()
-    if isinstance(tree, dict):
-        return sum(state_bytes(value) for value in tree.values())
-    if isinstance(tree, (list, tuple)):
-        return sum(state_bytes(value) for value in tree)
-    return 0
+    shards = [leaf.to_local() if isinstance(leaf, DTensor) else leaf for leaf in tensor_leaves(tree)]
+    return sum(shard.numel() * shard.element_size() for shard in shards)
 
 
 def staging_shortfall(free: int | None, per_rank: int, local_ranks: int) -> str | None:
@@ -57,7 +62,7 @@ class _Kept:
 
 class SharedMemoryStager:
     """Copies a CPU state dict into shared-memory tensors made at the first save and reused by every
-    later one, where DCP's checkpoint process reads them without another copy.
+    later one, where the checkpoint process (train.checkpoint_process) reads them in place.
 
     DCP's DefaultStager copies with ``UntypedStorage.copy_``, which holds the GIL throughout: beside
     the step, its copy of 192 MB kept the training thread waiting ~60 ms (bench/bench_checkpoint.py,

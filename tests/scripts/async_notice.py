@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def checkpoint_processes() -> list[int]:
-    """This process's children started by multiprocessing's spawn (DCP's checkpoint process)."""
+    """This process's children started by multiprocessing's spawn (the checkpoint process)."""
     me = f"PPid:\t{os.getpid()}\n"
     found = []
     for entry in Path("/proc").iterdir():
