@@ -7,6 +7,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import socket
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -70,7 +71,8 @@ class CheckpointProcess:
 
     def start(self, group: dist.ProcessGroup) -> None:
         rank, world = dist.get_rank(), dist.get_world_size()
-        host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        # torchrun's MASTER_ADDR is the node of rank 0, whose training process serves the store.
+        host = os.environ.get("MASTER_ADDR") or socket.getfqdn()
         address: list[Any] = [None]
         if rank == 0:
             self._store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
