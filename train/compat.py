@@ -24,8 +24,9 @@ from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, Fsspec
 __all__ = ["TORCH_FLOOR", "FsspecReader", "FsspecWriter", "TensorBytes", "tensor_bytes_in_head", "tensor_in_record",
            "torch_floor_problem", "torch_version"]
 
-# DCP's staging API (DefaultStager, StagingOptions, AsyncSaveResponse) arrived in torch 2.9, and one
-# stager reused across saves crashed from 2.11 until pytorch#183424 (merged 2026-06, in 2.13.0).
+# DCP's staging API (DefaultStager, StagingOptions), which async saves on CUDA use, arrived in torch
+# 2.9, and one stager reused across saves crashed from 2.11 until pytorch#183424 (merged 2026-06, in
+# 2.13.0).
 # pyproject.toml declares the same floor (tests/test_train_compat.py keeps them equal).
 TORCH_FLOOR = (2, 13)
 

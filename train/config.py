@@ -106,8 +106,9 @@ class CheckpointConfig:
     resume: str = "auto"
     # Committed checkpoints to keep (0 keeps all); older ones are deleted after each commit.
     keep: int = 3
-    # Save in the background: training waits only for the copy into reused buffers; DCP's checkpoint
-    # process writes and a thread commits (dcp.async_save). The final save is synchronous either way.
+    # Save in the background: training waits only for the copy into reused buffers; a checkpoint
+    # process writes with DCP (train.checkpoint_process) and a thread commits. The final save is
+    # synchronous either way.
     async_save: bool = False
 
 
