@@ -106,7 +106,7 @@ class CheckpointProcess:
             kind, payload = self._conn.recv()
         except EOFError:
             raise RuntimeError(f"checkpoint: the checkpoint process exited ({self._process.exitcode}) "
-                               "in the middle of a save") from None
+                               "before it answered") from None
         if kind == "error":
             raise payload
 

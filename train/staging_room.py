@@ -71,9 +71,9 @@ class SharedMemoryStager:
     the same mesh and placements. With ``beside``, ``stage`` returns a Future and the copy runs on a
     thread of its own, beside the training step, which must not change the state until it is done.
 
-    Each tensor keeps a storage of its own, though each storage costs the hand-off to the checkpoint
-    process a file descriptor: torch 2.14 crashes (SIGSEGV in ``_share_fd_cpu_``) pickling two
-    DTensors over views of one storage in one message, so small tensors cannot share one block.
+    Each tensor keeps a storage of its own: torch 2.14 crashes (SIGSEGV in ``_share_fd_cpu_``)
+    pickling two DTensors over views of one storage in one message, so small tensors cannot share
+    one block.
     """
 
     def __init__(self, beside: bool) -> None:
