@@ -337,9 +337,8 @@ class Checkpointer:
     def _stager_for(self, model: nn.Module) -> DefaultStager | SharedMemoryStager:
         """The run's one stager, made at its first async save: it keeps its copies between saves
         instead of allocating the whole state again, in shared memory, which the checkpoint process
-        reads without another copy (on CUDA, DCP's, pinned so the copy out runs at full speed; on
-        the CPU, ours, which copies without holding the GIL and keeps the same staged tensors, so
-        the checkpoint process is handed them once).
+        reads without another copy, and which it is handed once (on CUDA, DCP's, pinned so the copy
+        out runs at full speed; on the CPU, ours, which copies without holding the GIL).
 
         The copy runs beside the next forward and backward (on CUDA on a stream of its own), where
         they cannot change what it copies: for a model without buffers, whose forward and backward

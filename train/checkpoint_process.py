@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor
 
 from train.staging_room import tensor_leaves
 
@@ -22,23 +23,42 @@ STORE_PREFIX = "gangrun-checkpoint-process"
 
 
 class _ByIndex(pickle.Pickler):
-    """Pickles every tensor the checkpoint process already holds as its index there."""
+    """Pickles every tensor the checkpoint process already holds as where it holds it: a tensor it was
+    handed as its index, any other CPU tensor over the memory of one it was handed as a view of that."""
 
-    def __init__(self, file: io.BytesIO, held: dict[int, int]) -> None:
+    def __init__(self, file: io.BytesIO, by_object: dict[int, int], by_storage: dict[int, int]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.held = held
+        self.by_object, self.by_storage = by_object, by_storage
 
-    def persistent_id(self, obj: Any) -> int | None:
-        return self.held.get(id(obj)) if isinstance(obj, torch.Tensor) else None
+    def persistent_id(self, obj: Any) -> tuple[Any, ...] | None:
+        if not isinstance(obj, torch.Tensor):
+            return None
+        index = self.by_object.get(id(obj))
+        if index is not None:
+            return ("held", index)
+        # A DTensor pickles its mesh and placements, then its local tensor, which lands here.
+        if type(obj) is torch.Tensor and obj.device.type == "cpu":
+            index = self.by_storage.get(obj.untyped_storage().data_ptr())
+            if index is not None:
+                return ("view", index, obj.dtype, obj.storage_offset(), tuple(obj.size()), obj.stride())
+        return None
 
 
 class _FromIndex(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, tensors: list[torch.Tensor]) -> None:
+    def __init__(self, file: io.BytesIO, held: list[torch.Tensor]) -> None:
         super().__init__(file)
-        self.tensors = tensors
+        self.held = held
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
-        return self.tensors[pid]
+        if pid[0] == "held":
+            return self.held[pid[1]]
+        _, index, dtype, offset, size, stride = pid
+        return torch.empty(0, dtype=dtype).set_(_local(self.held[index]).untyped_storage(), offset, size, stride)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor that holds ``tensor``'s memory on this rank: a DTensor's local shard."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class CheckpointProcess:
@@ -47,11 +67,13 @@ class CheckpointProcess:
     DCP's process-based async save pickles the whole staged state to its process at every save,
     each tensor's shared memory as a file descriptor that the process fetches from a
     multiprocessing thread in the training process, which holds the GIL for each: ~270 of them per
-    save of the bench's state, ~100 ms of fetching. The staged tensors are the same ones from save
-    to save (train.staging_room), and their memory is shared: this process is handed them once,
-    and each save after sends the state with every tensor it holds as an index. A lone rank's async
-    save of 192 MB then blocked training 0.012-0.014 s instead of 0.050-0.059 s, and 2 ranks' on 2
-    cores 0.12 s instead of 0.18-0.22 s (bench/bench_checkpoint.py).
+    save of the bench's state, ~100 ms of fetching. A stager's memory is the same from save to save,
+    and shared: this process is handed the staged tensors once, and each save after sends the state
+    with every tensor it holds as an index (ours on the CPU keeps the same tensors, train.staging_room)
+    or as a view of the memory of one it holds (DCP's pinned stager on CUDA makes new tensors over
+    the memory it keeps). New memory is handed over again. A lone rank's async save of 192 MB then
+    blocked training 0.012-0.014 s instead of 0.050-0.059 s, and 2 ranks' on 2 cores 0.12 s instead
+    of 0.18-0.22 s (bench/bench_checkpoint.py).
 
     The processes of all ranks form a gloo process group of their own (through a store rank 0's
     training process serves), in which DCP plans and commits each save as in a blocking one. Call
@@ -63,11 +85,15 @@ class CheckpointProcess:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._store: dist.TCPStore | None = None
-        # The tensors the process holds, kept alive here so that their ids stay theirs.
+        # The tensors the process holds, kept alive here so that their ids, and the addresses of
+        # their memory, stay theirs; where each is, by id and by the address of its memory.
         self._held: list[torch.Tensor] = []
-        self._index: dict[int, int] = {}
-        # How many times the process was handed tensors: once, unless the staged tensors change.
+        self._by_object: dict[int, int] = {}
+        self._by_storage: dict[int, int] = {}
+        # How many times the process was handed tensors: once, unless the staged memory changes.
         self.handoffs = 0
+        # The bytes the last save sent besides tensors handed over: no tensor's elements.
+        self.last_sent = 0
 
     def start(self, group: dist.ProcessGroup) -> None:
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -90,13 +116,18 @@ class CheckpointProcess:
         """Write ``staged`` with DCP in the checkpoint process; returns once every rank's is written."""
         assert self._conn is not None, "start comes first"
         leaves = tensor_leaves(staged)
-        if any(id(leaf) not in self._index for leaf in leaves):
+        new = [leaf for leaf in leaves if id(leaf) not in self._by_object]
+        if any(_local(leaf).untyped_storage().data_ptr() not in self._by_storage for leaf in new):
             self._held = leaves
-            self._index = {id(leaf): i for i, leaf in enumerate(leaves)}
+            self._by_object = {id(leaf): i for i, leaf in enumerate(leaves)}
+            self._by_storage = {}
+            for i, leaf in enumerate(leaves):
+                self._by_storage.setdefault(_local(leaf).untyped_storage().data_ptr(), i)
             self._conn.send(("tensors", leaves))
             self.handoffs += 1
         buffer = io.BytesIO()
-        _ByIndex(buffer, self._index).dump((staged, writer, planner))
+        _ByIndex(buffer, self._by_object, self._by_storage).dump((staged, writer, planner))
+        self.last_sent = buffer.tell()
         self._conn.send(("save", buffer.getvalue()))
         self._answer()
 
@@ -120,7 +151,7 @@ class CheckpointProcess:
                 self._process.terminate()
             self._conn.close()
         self._process = self._conn = None
-        self._held, self._index, self._store = [], {}, None
+        self._held, self._by_object, self._by_storage, self._store = [], {}, {}, None
 
     def abandon(self) -> None:
         """On an exception: end the process without waiting for a save."""
