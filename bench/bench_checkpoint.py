@@ -6,10 +6,11 @@ the tensors and our load of that checkpoint (both reads from the disk: the files
 the page cache first), each pair in turns so that neither side always goes first; K plain
 training steps, and an async save followed by the same K steps and the wait for its commit.
 "Blocked" is what the async save added to those K steps' wall time, its call included, so work it
-steals from training later counts too. Beside it: the call's own time, and the CPU time a sync save
-takes in rank 0's process: where no core is spare, moving that work to another process cannot hide
-it. The I/O rows are medians over pairs of repeats (an even count: R is rounded up), the others
-medians of the repeats.
+steals from training later counts too. Beside it: the call's own time, the CPU time a sync save
+takes in rank 0's process (where no core is spare, moving that work to another process cannot hide
+it), and what the copy into shared memory alone adds to the same K steps, with nothing written: the
+least an async save can block there. The I/O rows are medians over pairs of repeats (an even count:
+R is rounded up), the others medians of the repeats.
 
 The state is a FSDP-sharded transformer plus AdamW state, about 192 MB in all (``--d-model``,
 ``--layers`` change it), on 2 ranks (on a 2-core machine the checkpoint process competes with
@@ -201,8 +202,16 @@ def worker(args: argparse.Namespace) -> None:
         steps(k)
         async_saver.wait()
 
+    copy_only = CopyOnly(model_sd, optim_sd)
+
+    def copy_then_steps() -> None:
+        copy_only.start()
+        for _ in range(k):
+            train_step(run, cfg, cfg.optim.lr, NoRecorder(), copy_only)
+
     figures: dict[str, list[float]] = {name: [] for name in ("raw_write", "save", "save_cpu", "raw_read", "load",
-                                                             "steps", "steps_with_async", "async_call")}
+                                                             "steps", "steps_with_async", "async_call",
+                                                             "steps_with_copy")}
 
     def in_turns(repeat: int, *pair: tuple[str, Callable[[], Any], Callable[[], Any] | None]) -> None:
         """Time both, each first in every other repeat (see paired_ratios)."""
@@ -216,14 +225,17 @@ def worker(args: argparse.Namespace) -> None:
                  ("load", lambda: sync_saver.load(newest(sync_saver), run.parts), evict(Path(newest(sync_saver)))))
         figures["steps"].append(timed(lambda: steps(k)))
         figures["steps_with_async"].append(timed(async_then_steps))
+        figures["steps_with_copy"].append(timed(copy_then_steps))
     s3 = s3_figures(args.s3_url, local, saver, run.parts, timed, world.rank, args.repeats) if args.s3_url else {}
     async_saver.close()
     sync_saver.close()
+    copy_only.close()
     raw_path.unlink()
     if world.is_main:
         m = {name: statistics.median(values) for name, values in {**figures, **s3}.items()}
         where = f"{n} rank{'s' if n > 1 else ''}, {total_mb:.0f} MB, {os.cpu_count()} cores"
         save = paired_ratios(figures["raw_write"], figures["save"])
+        copy_blocked = max(0.0, m["steps_with_copy"] - m["steps"])
         load = paired_ratios(figures["raw_read"], figures["load"])
         rows = [Row(f"checkpoint save MB/s / raw write+fsync ({where})", statistics.median(save), 0.8, ">=",
                     detail=f"{total_mb / m['save']:.0f} vs {total_mb / m['raw_write']:.0f} MB/s (medians); "
@@ -236,7 +248,9 @@ def worker(args: argparse.Namespace) -> None:
                     max(0.0, m["steps_with_async"] - m["steps"]) / m["save"], 0.15, "<=",
                     detail=f"{max(0.0, m['steps_with_async'] - m['steps']):.3f} s over {k} steps "
                            f"({m['steps'] / k:.3f} s each; the call {m['async_call']:.3f} s) vs a sync save's "
-                           f"{m['save']:.3f} s, which used {m['save_cpu']:.3f} s of CPU on rank 0")]
+                           f"{m['save']:.3f} s, which used {m['save_cpu']:.3f} s of CPU on rank 0; the copy "
+                           f"into shared memory alone, no write: {copy_blocked:.3f} s "
+                           f"({copy_blocked / m['save']:.2f})")]
         if s3:
             rows += [Row(f"S3 save MB/s / raw upload (moto on loopback, {where})", m["s3_put"] / m["s3_save"], 0.8,
                          ">=", detail=f"{total_mb / m['s3_save']:.0f} vs {total_mb / m['s3_put']:.0f} MB/s"),
@@ -268,6 +282,30 @@ def s3_figures(url: str, local: list, saver: Callable[..., Any], parts: Any,
             checkpointer.store.path(parts.state.step)), parts)))
     checkpointer.close()
     return figures
+
+
+class CopyOnly:
+    """What an async save's copy alone takes from training, with no write after it: the model and
+    optimizer state staged as an async save stages them (train.staging_room), beside the next
+    steps, whose optimizer step waits for it. Stands in for the Checkpointer in train_step."""
+
+    def __init__(self, *state: Any) -> None:
+        from train.staging_room import SharedMemoryStager
+
+        self.state = {str(i): part for i, part in enumerate(state)}
+        self.stager = SharedMemoryStager(beside=True)
+        self.copying: Any = None
+
+    def start(self) -> None:
+        self.copying = self.stager.stage(self.state)
+
+    def wait_for_staging(self) -> None:
+        copying, self.copying = self.copying, None
+        if copying is not None:
+            copying.result()
+
+    def close(self) -> None:
+        self.stager.close()
 
 
 def paired_ratios(reference: list[float], ours: list[float]) -> list[float]:

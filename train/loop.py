@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -196,8 +197,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction=reduction)
 
 
+class StagingWait(Protocol):
+    """What a step needs of the checkpointer: to wait, before the optimizer step, for an async save's
+    copy of the state (train.checkpoint.Checkpointer)."""
+
+    def wait_for_staging(self) -> None: ...
+
+
 def train_step(run: Run, cfg: Config, lr: float, recorder: NoRecorder,
-               checkpointer: Checkpointer) -> tuple[torch.Tensor, torch.Tensor, float]:
+               checkpointer: StagingWait) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimizer step over ``accum`` micro-batches; returns (local loss, grad norm, compute seconds).
 
     Loss and grad norm stay tensors, so a GPU step does not wait for them: they are read only when
