@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -102,6 +103,21 @@ def test_kill_before_commit_never_loads_the_uncommitted_checkpoint(reference, en
     resumed, whole = history(tmp_path), history(reference)
     assert [step for step, _ in resumed] == [step for step, _ in whole] == [8, 16, 24, 32]
     assert resumed[1:] == whole[1:]
+
+
+def test_a_rollback_killed_saving_over_a_later_commit_leaves_it_uncommitted(reference, env, tmp_path):
+    """Resumed from step 8 of a folder that holds steps to 32, the run saves over step 12: a kill
+    before that save commits must not leave step 12 committed with a mix of two saves' files."""
+    shutil.copytree(reference / "checkpoints", tmp_path / "checkpoints")
+    rollback = [*COMMON, f"output_dir={tmp_path}", "checkpoint.keep=0", f"checkpoint.resume={step_dir(tmp_path, 8)}"]
+    code, output = gangrun(2, rollback, {**env, KILL_BEFORE_COMMIT_ENV: "12"}, tmp_path).finish()
+    assert code != 0, output[-4000:]
+    assert committed_steps(tmp_path / "checkpoints") == [s for s in range(4, STEPS + 1, 4) if s != 12]
+    assert f"saving over {step_dir(tmp_path, 12)}, committed before" in output
+    run_ok(2, rollback, env, tmp_path)
+    for step in (12, STEPS):
+        assert_models_equal(read_checkpoint(step_dir(tmp_path, step), tmp_path / "scratch"),
+                            read_checkpoint(step_dir(reference, step), tmp_path / "scratch"))
 
 
 def history(output_dir: Path) -> list[tuple[int, float]]:

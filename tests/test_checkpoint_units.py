@@ -142,6 +142,14 @@ def test_explicit_resume_must_be_committed(tmp_path):
                         f"checkpoint.resume={tmp_path}/nowhere"])
 
 
+def test_never_refuses_a_folder_that_holds_an_earlier_runs_commits(tmp_path):
+    run_in_process([*DIGITS, "train.max_steps=5", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"checkpoint\.resume: never, but .* holds an earlier run's step 5, .*"
+                                          r"start over in a new output_dir"):
+        run_in_process([*DIGITS, "train.max_steps=10", f"output_dir={tmp_path}", "checkpoint.resume=never"])
+    assert committed_steps(tmp_path / "checkpoints") == [5]
+
+
 def test_a_resumed_history_drops_the_undone_steps_and_the_plot_draws_all_of_it(tmp_path):
     world = World(0, 0, 1, torch.device("cpu"))
     with Metrics(tmp_path, world, start_step=0, max_steps=10, log_every=2, global_batch=8, tensorboard=False) as m:

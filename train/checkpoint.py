@@ -162,14 +162,24 @@ class Checkpointer:
     def find_resume(self) -> str | None:
         """The step folder to resume from (decided on rank 0, broadcast), or None to start fresh."""
         found: tuple[str | None, str | None] = (None, None)
-        if self.world.is_main and self.cfg.resume != "never":
+        if self.world.is_main:
             found = self._find_on_rank0()
         path, error = _broadcast(found)
         if error:
-            raise ConfigError("checkpoint.resume", error, "point it at a committed step-<N> folder, or use auto")
+            fix = ("start over in a new output_dir or checkpoint.dir, delete that one, or use auto to continue it"
+                   if self.cfg.resume == "never" else "point it at a committed step-<N> folder, or use auto")
+            raise ConfigError("checkpoint.resume", error, fix)
         return path
 
     def _find_on_rank0(self) -> tuple[str | None, str | None]:
+        if self.cfg.resume == "never":
+            # Its saves would mix with the earlier run's: pruning keeps the newest steps, which may be
+            # the earlier run's, and deletes this run's; auto would later resume the earlier run.
+            committed = self.store.list_steps().committed
+            if committed:
+                return None, (f"never, but {self.store.display(self.store.root)} holds an earlier run's step "
+                              f"{committed[0]}, which this run's saves would mix with")
+            return None, None
         if self.cfg.resume != "auto":
             explicit = CheckpointStore(self.cfg.resume)
             if not explicit.is_committed(explicit.root):
@@ -310,6 +320,7 @@ class Checkpointer:
         pool = None if blocking else self._async_pool
         writer = self.store.writer(path, background=pool is not None)
         if pool is None:
+            self._uncommit(path)
             dcp.save(sd, storage_writer=writer, planner=save_planner(), no_dist=not dist.is_initialized())
             self._commit(step, path, sorted(sd))
             return
@@ -369,6 +380,7 @@ class Checkpointer:
         async save), so they take no GIL from training. A world of one writes from this thread."""
         if isinstance(staged, Future):
             staged = staged.result()
+        self._uncommit(path)
         if self._async_group is None:
             dcp.save(staged, storage_writer=writer, planner=save_planner(), no_dist=True)
         else:
@@ -377,6 +389,14 @@ class Checkpointer:
                 self._process.start(self._async_group)
             self._process.save(staged, writer, save_planner())
         self._commit(step, path, contents)
+
+    def _uncommit(self, path: str) -> None:
+        """On rank 0, before a save writes ``path``: an earlier commit there is withdrawn first (a run
+        resumed from an earlier step of its own folder saves over its later ones). No rank writes
+        before rank 0 has joined the save's first collective, which it does after this."""
+        if self.world.is_main and self.store.uncommit(path):
+            log.warning(f"checkpoint: saving over {self.store.display(path)}, committed before: it is "
+                        "withdrawn, and committed again once this save is written")
 
     def _commit(self, step: int, path: str, contents: list[str]) -> None:
         self.saved_step = step

@@ -118,11 +118,20 @@ class CheckpointStore:
         except BaseException:
             os.unlink(tmp)
             raise
-        dir_fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_folder(path)
+
+    def uncommit(self, path: str) -> bool:
+        """Make a committed step folder incomplete before a save writes into it again, and say
+        whether it was committed: its files are about to be replaced one by one, and a save that
+        dies midway must not leave a mix of two saves under the old commit."""
+        target = f"{path}/{MANIFEST}"
+        if not self.fs.exists(target):
+            return False
+        self.fs.rm(target)
+        if self.local:
+            # The commit is gone for good before the first file is overwritten.
+            _fsync_folder(path)
+        return True
 
     def prune(self, keep: int, newest: int) -> list[int]:
         """Delete committed folders beyond the newest ``keep`` and incomplete ones older than ``newest``.
@@ -136,3 +145,12 @@ class CheckpointStore:
         for step in doomed:
             self.fs.rm(self.path(step), recursive=True)
         return sorted(doomed)
+
+
+def _fsync_folder(path: str) -> None:
+    """Make the folder's entries (a file renamed in, or removed) survive a crash."""
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -102,7 +102,8 @@ class CheckpointConfig:
     dir: str = ""
     # Save every N optimizer steps (0: only at the end); a save at the end of training always happens.
     every: int = 50
-    # "auto": resume from the newest committed checkpoint in dir; "never"; or a step folder's path.
+    # "auto": resume from the newest committed checkpoint in dir; "never": start at step 0, refusing a
+    # dir that holds an earlier run's commits; or a step folder's path.
     resume: str = "auto"
     # Committed checkpoints to keep (0 keeps all); older ones are deleted after each commit.
     keep: int = 3

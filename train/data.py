@@ -124,7 +124,7 @@ class GlobalBatchSampler(DistributedSampler):
                                       saved.global_batch)):
             if now != then:
                 raise ConfigError(key, f"{name} is {now} but the checkpoint was saved with {then}",
-                                  "resume with the checkpoint's settings or set checkpoint.resume=never")
+                                  "resume with the checkpoint's settings, or start over in a new output_dir")
 
 
 class EvalShardSampler(Sampler[int]):
