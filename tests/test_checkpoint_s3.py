@@ -9,6 +9,7 @@ import pytest
 
 from tests.checkpoint_runs import assert_models_equal, read_checkpoint, run_in_process, run_ok
 from tests.s3_server import BUCKET, S3Server
+from train.checkpoint_store import METADATA, CheckpointStore
 
 # The `s3_server` fixture (tests/conftest.py) is moto's server on loopback; the ranks run under torchrun.
 pytestmark = [pytest.mark.s3, pytest.mark.multiprocess,
@@ -45,3 +46,14 @@ def test_save_to_s3_and_resume_from_it(s3_server: S3Server, gangrun_env: dict[st
     run_in_process([*DIGITS, "train.max_steps=6", f"output_dir={tmp_path}/b", f"checkpoint.resume={url}/step-00000006"])
     assert_models_equal(read_checkpoint(tmp_path / "b" / "checkpoints" / "step-00000006", tmp_path / "s"),
                         read_checkpoint(tmp_path / "copy", tmp_path / "s"))
+
+
+def test_uncommit_withdraws_a_commit_on_s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    store = CheckpointStore(f"s3://{BUCKET}/uncommit")
+    path = store.path(3)
+    store.fs.pipe_file(f"{path}/{METADATA}", b"metadata")
+    store.commit(path, {"step": 3})
+    assert store.uncommit(path) is True
+    assert store.list_steps().incomplete == [3] and store.uncommit(path) is False

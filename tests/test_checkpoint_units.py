@@ -59,6 +59,14 @@ def test_listing_skips_incomplete_and_pruning_keeps_newest_and_in_flight(tmp_pat
     assert oct((tmp_path / step_dir_name(4) / MANIFEST).stat().st_mode & 0o777) == "0o644"
 
 
+def test_uncommit_withdraws_a_commit_and_says_whether_there_was_one(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    make_step(store, 4, metadata=True, manifest=True)
+    assert store.uncommit(store.path(4)) is True
+    assert store.list_steps().incomplete == [4] and (tmp_path / step_dir_name(4) / "__0_0.distcp").exists()
+    assert store.uncommit(store.path(4)) is False
+
+
 def test_file_url_writes_where_it_says(tmp_path):
     # FileSystemWriter("file:///x") would write into a folder literally named "file:".
     store = CheckpointStore(f"file://{tmp_path}/ckpt")
