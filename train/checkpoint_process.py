@@ -14,9 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.tensor import DTensor
 
-from train.staging_room import tensor_leaves
+from train.staging_room import local_shard, tensor_leaves
 
 # What the checkpoint processes' own process group finds its peers through, under rank 0's store.
 STORE_PREFIX = "gangrun-checkpoint-process"
@@ -53,12 +52,7 @@ class _FromIndex(pickle.Unpickler):
         if pid[0] == "held":
             return self.held[pid[1]]
         _, index, dtype, offset, size, stride = pid
-        return torch.empty(0, dtype=dtype).set_(_local(self.held[index]).untyped_storage(), offset, size, stride)
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor that holds ``tensor``'s memory on this rank: a DTensor's local shard."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        return torch.empty(0, dtype=dtype).set_(local_shard(self.held[index]).untyped_storage(), offset, size, stride)
 
 
 class CheckpointProcess:
@@ -117,12 +111,12 @@ class CheckpointProcess:
         assert self._conn is not None, "start comes first"
         leaves = tensor_leaves(staged)
         new = [leaf for leaf in leaves if id(leaf) not in self._by_object]
-        if any(_local(leaf).untyped_storage().data_ptr() not in self._by_storage for leaf in new):
+        if any(local_shard(leaf).untyped_storage().data_ptr() not in self._by_storage for leaf in new):
             self._held = leaves
             self._by_object = {id(leaf): i for i, leaf in enumerate(leaves)}
             self._by_storage = {}
             for i, leaf in enumerate(leaves):
-                self._by_storage.setdefault(_local(leaf).untyped_storage().data_ptr(), i)
+                self._by_storage.setdefault(local_shard(leaf).untyped_storage().data_ptr(), i)
             self._conn.send(("tensors", leaves))
             self.handoffs += 1
         buffer = io.BytesIO()

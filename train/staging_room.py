@@ -36,9 +36,14 @@ def tensor_leaves(tree: Any) -> list[torch.Tensor]:
     return []
 
 
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor that holds ``tensor``'s memory on this rank: a DTensor's local shard, else itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def state_bytes(tree: Any) -> int:
     """The bytes of every tensor in a state dict, each rank's own shard of a DTensor."""
-    shards = [leaf.to_local() if isinstance(leaf, DTensor) else leaf for leaf in tensor_leaves(tree)]
+    shards = [local_shard(leaf) for leaf in tensor_leaves(tree)]
     return sum(shard.numel() * shard.element_size() for shard in shards)
 
 
@@ -98,7 +103,7 @@ class SharedMemoryStager:
         return copy.deepcopy(tree)
 
     def _copied(self, tensor: torch.Tensor, path: tuple[Any, ...]) -> torch.Tensor:
-        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        local = local_shard(tensor)
         kept = self._kept.get(path)
         if kept is None or kept.copy.shape != local.shape or kept.copy.dtype != local.dtype:
             shared = torch.empty(local.shape, dtype=local.dtype).share_memory_()
