@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import random
 import re
@@ -262,6 +264,45 @@ def test_a_rank_file_ends_with_its_small_records_side_by_side(tmp_path) -> None:
     offsets = {index.fqn: stored.offset for index, stored in where.items()}
     by_offset = sorted(offsets, key=offsets.__getitem__)
     assert [fqn.split(".")[1] for fqn in by_offset] == ["weight"] * 4 + ["bias"] * 4 + ["step"] * 4, by_offset
+
+
+def _in_page_cache(path: str) -> bool:
+    """Whether every page of ``path`` is in the page cache, by mincore(2) over a mapping of it, which
+    reads nothing (a read with RWF_NOWAIT starts the reads it declines to wait for)."""
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    flags = (ctypes.c_ubyte * pages)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        start = ctypes.c_char.from_buffer(mapped)
+        try:
+            if libc.mincore(ctypes.addressof(start), size, flags) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            del start  # the mapping cannot close while a ctypes object exports it
+    return all(flag & 1 for flag in flags)
+
+
+def test_a_load_reads_ahead_the_files_its_rank_wrote(tmp_path) -> None:
+    """A load on as many ranks reads the rank's own files into the page cache while it plans; which
+    files those are follows DCP's writer's names for them."""
+    from train.checkpoint_io import LocalWriter, files_of_rank, read_ahead
+
+    state = {f"w{i}": torch.full((1 << 18,), float(i)) for i in range(4)}
+    dcp.save(state, storage_writer=LocalWriter(str(tmp_path), threads=2), no_dist=True)
+    files = files_of_rank(str(tmp_path), 0)
+    assert files and files == sorted(str(path) for path in tmp_path.glob("*.distcp"))
+    assert files_of_rank(str(tmp_path), 1) == []
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if any(_in_page_cache(path) for path in files):
+        pytest.skip(f"{tmp_path} keeps its files in memory (tmpfs?)")
+    with read_ahead([*files, str(tmp_path / "__0_9.distcp")]):  # a file that is not there is passed over
+        pass
+    assert all(_in_page_cache(path) for path in files)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

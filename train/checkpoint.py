@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.metadata import STATE_DICT_TYPE
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from train.checkpoint_io import causes, save_planner, space_error
+from train.checkpoint_io import causes, files_of_rank, read_ahead, save_planner, space_error
 from train.checkpoint_process import CheckpointProcess
 from train.checkpoint_store import CheckpointStore
 from train.config import Config, ConfigError
@@ -228,8 +228,10 @@ class Checkpointer:
         manifest = store.read_manifest(store.root)
         saved_world = manifest["world_size"]
         same_world = saved_world == self.world.world_size
-        sd = self._state_dict(parts, with_rng=same_world, keys=manifest["contents"])
-        self._read(sd, store, path)
+        # Saved on as many ranks, this rank's shards are in the files this rank wrote.
+        with read_ahead(files_of_rank(store.root, self.world.rank) if same_world and store.local else []):
+            sd = self._state_dict(parts, with_rng=same_world, keys=manifest["contents"])
+            self._read(sd, store, path)
         set_state_dict(parts.model, parts.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
         if parts.scaler is not None and "scaler" in sd:
             parts.scaler.load_state_dict(sd["scaler"])

@@ -1,6 +1,7 @@
 """How checkpoint bytes reach storage and come back: DCP's writers without torch.save's CRC-32, a
-planner that caches its plan, readers that read each file front to back without torch.load, and
-files on a local disk written past the page cache (train.direct_io).
+planner that caches its plan, readers that read each file front to back without torch.load (a rank's
+own files read ahead while a load plans), and files on a local disk written past the page cache
+(train.direct_io).
 
 The writers and the planner are picklable, module-level classes: an async save hands them to the
 checkpoint process (train.checkpoint_process).
@@ -11,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import glob
 import io
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -263,6 +266,47 @@ class _RecordsInFileOrder(FileSystemReader):
                 record = memoryview(scratch)[:where.length]
                 _read_at(file, where.offset, record, relative_path)
                 _apply(item, record, planner, where)
+
+
+def files_of_rank(folder: str, rank: int) -> list[str]:
+    """The data files rank ``rank`` wrote into a local checkpoint folder (DCP's writer names them
+    ``__<rank>_<n>.distcp``; tests/test_checkpoint_units.py keeps that true)."""
+    return sorted(glob.glob(os.path.join(glob.escape(folder), f"__{rank}_*.distcp")))
+
+
+@contextlib.contextmanager
+def read_ahead(files: Sequence[str]) -> Iterator[None]:
+    """``files`` read into the page cache while the block runs, a thread each, then waited for; on an
+    exception they are left to finish on their own (daemon threads, which hold up no exit).
+
+    A load spends its first ~25 ms on the CPU (the state dict, DCP's metadata and its plan) before
+    it reads a byte: reading the rank's own files meanwhile took a 2-rank load of 192 MB from 98-104
+    to 82-87 ms, and a lone rank's from 93-100 to 73-79 ms (medians of 12-16 repeats, alternated in
+    one process; on 2 ranks, a raw read of the same bytes took 60 ms). Reading .metadata first, or the files one
+    after another, made no difference. posix_fadvise(WILLNEED) reads 8 MiB per call on this kernel,
+    and a loop of calls or of reads in a thread bought nothing: such a thread needs the GIL back
+    after each call, and the planning thread holds it.
+    """
+    threads = [threading.Thread(target=_into_page_cache, args=(path,), name="checkpoint-read-ahead", daemon=True)
+               for path in files]
+    for thread in threads:
+        thread.start()
+    yield
+    for thread in threads:
+        thread.join()
+
+
+def _into_page_cache(path: str) -> None:
+    """Read ``path`` through the page cache into /dev/null: one sendfile call, which holds no GIL and
+    copies nothing into this process. Best effort: the load's own reads report what fails."""
+    with contextlib.suppress(OSError), open(path, "rb", buffering=0) as file, \
+            open(os.devnull, "wb", buffering=0) as sink:
+        at, size = 0, os.fstat(file.fileno()).st_size
+        while at < size:
+            sent = os.sendfile(sink.fileno(), file.fileno(), at, size - at)
+            if sent <= 0:
+                return
+            at += sent
 
 
 class LocalReader(_RecordsInFileOrder):
