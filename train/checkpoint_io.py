@@ -282,10 +282,10 @@ def read_ahead(files: Sequence[str]) -> Iterator[None]:
     A load spends its first ~25 ms on the CPU (the state dict, DCP's metadata and its plan) before
     it reads a byte: reading the rank's own files meanwhile took a 2-rank load of 192 MB from 98-104
     to 82-87 ms, and a lone rank's from 93-100 to 73-79 ms (medians of 12-16 repeats, alternated in
-    one process; on 2 ranks, a raw read of the same bytes took 60 ms). Reading .metadata first, or the files one
-    after another, made no difference. posix_fadvise(WILLNEED) reads 8 MiB per call on this kernel,
-    and a loop of calls or of reads in a thread bought nothing: such a thread needs the GIL back
-    after each call, and the planning thread holds it.
+    one process; on 2 ranks, a raw read of the same bytes took 60 ms). Reading .metadata first, or
+    the files one after another, made no difference. posix_fadvise(WILLNEED) reads 8 MiB per call
+    on this kernel, and a loop of calls or of reads in a thread bought nothing: such a thread needs
+    the GIL back after each call, and the planning thread holds it.
     """
     threads = [threading.Thread(target=_into_page_cache, args=(path,), name="checkpoint-read-ahead", daemon=True)
                for path in files]
